@@ -1,0 +1,141 @@
+"""Resident onnxruntime sessions, one per (model, provider), shared by requests.
+
+Provider choice: the best one this onnxruntime build offers, in the order
+TensorRT, CUDA, DirectML, CoreML, CPU, unless the user names one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .catalog import Catalog, ModelSpec
+from .errors import Cancelled, InvalidInput, LayermatteError
+
+log = logging.getLogger(__name__)
+
+PREFERENCE = [
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "CPUExecutionProvider",
+]
+ALIASES = {"tensorrt": PREFERENCE[0], "cuda": PREFERENCE[1], "directml": PREFERENCE[2],
+           "dml": PREFERENCE[2], "coreml": PREFERENCE[3], "cpu": PREFERENCE[4]}
+
+
+def choose_provider(override: str | None = None) -> tuple[str, str]:
+    """(provider, reason) — the reason goes into the log line users read."""
+    available = ort.get_available_providers()
+    if override:
+        name = ALIASES.get(override.lower(), override)
+        if name not in available:
+            raise InvalidInput(f"execution provider {override!r} is not available in this "
+                               f"onnxruntime build; available: {', '.join(available)}")
+        return name, "requested with --provider"
+    for name in PREFERENCE:
+        if name in available:
+            skipped = [p for p in PREFERENCE[: PREFERENCE.index(name)]]
+            why = f"best available (not available: {', '.join(skipped)})" if skipped else "best available"
+            return name, why
+    return "CPUExecutionProvider", "fallback"
+
+
+def _provider_config(name: str) -> list:
+    if name == "TensorrtExecutionProvider":
+        from . import paths
+        cache = str(paths.cache_dir() / "trt")
+        return [(name, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": cache}),
+                ("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+    if name == "CPUExecutionProvider":
+        return [name]
+    return [name, "CPUExecutionProvider"]
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    session: ort.InferenceSession
+    provider: str
+    input_name: str
+    load_ms: float
+
+    def run(self, tensor: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
+        """Run on a ready NCHW tensor; a set cancel event terminates the run."""
+        opts = ort.RunOptions()
+        watcher = None
+        if cancel is not None:
+            if cancel.is_set():
+                raise Cancelled("request cancelled")
+            done = threading.Event()
+
+            def watch():
+                while not done.wait(0.05):
+                    if cancel.is_set():
+                        opts.terminate = True
+                        return
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+        try:
+            out = self.session.run(None, {self.input_name: tensor}, opts)
+        except Exception as e:  # onnxruntime raises its own Fail on terminate
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("request cancelled during inference") from None
+            raise LayermatteError(f"model {self.spec.id} failed: {e}") from e
+        finally:
+            if watcher is not None:
+                done.set()
+        return out[self.spec.preprocess.output_index]
+
+
+class Engine:
+    def __init__(self, catalog: Catalog, provider: str | None = None, threads: int | None = None):
+        self.catalog = catalog
+        self.provider, reason = choose_provider(provider)
+        log.info("execution provider: %s (%s)", self.provider, reason)
+        self.threads = threads or os.cpu_count() or 1
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def loaded(self, model_id: str) -> LoadedModel | None:
+        return self._models.get((model_id, self.provider))
+
+    def load(self, model_id: str | None) -> tuple[LoadedModel, bool]:
+        """(model, was_loaded_now). One session per model, built once under a lock."""
+        spec, path = self.catalog.require(model_id)
+        key = (spec.id, self.provider)
+        if key in self._models:
+            return self._models[key], False
+        with self._lock:
+            if key in self._models:
+                return self._models[key], False
+            t0 = time.perf_counter()
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self.threads
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                session = ort.InferenceSession(str(path), so, providers=_provider_config(self.provider))
+            except Exception as e:
+                raise LayermatteError(f"cannot load model {spec.id} from {path}: {e} "
+                                      f"(run `layermatte models verify {spec.id}`)") from e
+            inp = session.get_inputs()[0]
+            model = LoadedModel(spec, session, session.get_providers()[0], inp.name, 0.0)
+            self._warm(model)
+            model.load_ms = (time.perf_counter() - t0) * 1000
+            log.info("loaded model %s on %s in %.0f ms", spec.id, model.provider, model.load_ms)
+            self._models[key] = model
+            return model, True
+
+    @staticmethod
+    def _warm(model: LoadedModel) -> None:
+        """One inference at load so the first user request does not pay for
+        lazy kernel/allocation set-up (large on GPU providers)."""
+        s = model.spec.preprocess.input_size
+        model.run(np.zeros((1, 3, s, s), np.float32))

@@ -1,0 +1,40 @@
+"""Domain errors. Each maps to one gRPC status and one CLI exit message, so the
+server, the CLI and the plug-ins report a failure the same way."""
+
+
+class LayermatteError(Exception):
+    """Base class: the message is shown to the user as is."""
+
+    grpc_code = "INTERNAL"
+
+
+class InvalidInput(LayermatteError):
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ModelNotFound(LayermatteError):
+    grpc_code = "NOT_FOUND"
+
+
+class ModelNotPulled(LayermatteError):
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class TooLarge(LayermatteError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class Busy(LayermatteError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class Cancelled(LayermatteError):
+    grpc_code = "CANCELLED"
+
+
+class DownloadError(LayermatteError):
+    grpc_code = "UNAVAILABLE"
+
+
+class ChecksumMismatch(DownloadError):
+    grpc_code = "DATA_LOSS"
