@@ -129,7 +129,6 @@ mount_system() {
 
 build_root() {
   local mirror
-  [ "$(id -u)" = 0 ] || cannot "not running as root (mmdebstrap/chroot/mount need root)"
   ensure_mmdebstrap
   mirror=$(host_mirror | head -n1)
   [ -n "$mirror" ] || cannot "no Debian mirror found in the host's apt sources (set LAYERMATTE_DEBIAN_MIRROR)"
@@ -160,7 +159,6 @@ ensure_root() {
   if [ "$(cat "$MARKER" 2>/dev/null)" != "$EXPECTED_MARKER" ]; then
     build_root
   fi
-  [ "$(id -u)" = 0 ] || cannot "not running as root (chroot/mount need root)"
   mount_system
   unlock
   log "root ready check: $(secs "$t0" "$(now)") s"
@@ -174,6 +172,9 @@ abs_dir() {
 
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
+case "$cmd" in build|path|rebuild|umount|bind|unbind|run)
+  [ "$(id -u)" = 0 ] || cannot "not running as root (mmdebstrap, chroot and mount need root)" ;;
+esac
 case "$cmd" in
   build) ensure_root ;;
   path) ensure_root; printf '%s\n' "$ROOT" ;;

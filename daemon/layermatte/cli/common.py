@@ -1,0 +1,51 @@
+"""Options shared by the client subcommands (daemon address, edge options)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..client import Client, ensure_daemon, resolve_address
+from ..pipeline import MatteOptions
+from ..refine import EdgeOptions
+
+
+def add_connection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("daemon")
+    g.add_argument("--socket", help="daemon unix socket (default: $LAYERMATTE_SOCKET or the user runtime dir)")
+    g.add_argument("--address", help="daemon address such as 127.0.0.1:50051 ($LAYERMATTE_ADDRESS)")
+    g.add_argument("--token-file", type=Path, help="file with the daemon's token (TCP only)")
+    g.add_argument("--no-autostart", action="store_true",
+                   help="fail instead of starting a daemon when none is running")
+
+
+def add_matte_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("matte")
+    g.add_argument("--model", default="", help="catalogue id (default: isnet-general)")
+    g.add_argument("--feather", type=float, default=0.0, metavar="PX", help="soften the edge by PX pixels")
+    g.add_argument("--shift", type=float, default=0.0, metavar="PX", help="move the edge out (+) or in (-)")
+    g.add_argument("--smooth", type=float, default=0.0, help="round jagged contours, 0..1")
+    g.add_argument("--contrast", type=float, default=0.0, help="harden (+) or soften (-) the edge, -1..1")
+    g.add_argument("--decontaminate", action=argparse.BooleanOptionalAction, default=True,
+                   help="remove background colour from edge pixels of cut-outs (default: on)")
+    g.add_argument("--plain-upsample", action="store_true", help="bilinear instead of edge-aware upsampling")
+
+
+def matte_options(args, *, return_foreground: bool, depth16: bool = False) -> MatteOptions:
+    return MatteOptions(edges=EdgeOptions(feather_px=args.feather, shift_px=args.shift,
+                                          smooth=args.smooth, contrast=args.contrast),
+                        decontaminate=args.decontaminate and return_foreground,
+                        plain_upsample=args.plain_upsample, depth16=depth16,
+                        return_foreground=return_foreground)
+
+
+def connect(args) -> Client:
+    address = resolve_address(args.socket, args.address)
+    if not getattr(args, "no_autostart", False):
+        ensure_daemon(address)
+    token = None
+    if getattr(args, "token_file", None):
+        token = args.token_file.read_text().strip()
+    elif os.environ.get("LAYERMATTE_TOKEN"):
+        token = os.environ["LAYERMATTE_TOKEN"]
+    return Client(address, token=token)

@@ -1,0 +1,200 @@
+"""Client library for the daemon: CLI, PSD workflow, batch and the plug-ins'
+fallback all talk to it through this module."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import grpc
+import numpy as np
+
+from . import formats, paths, wire
+from .errors import (Busy, Cancelled, InvalidInput, LayermatteError, ModelNotFound,
+                     ModelNotPulled, TooLarge)
+from .pipeline import MatteOptions
+from .proto.layermatte.v1 import matting_pb2 as pb
+from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
+from .server import GRPC_OPTIONS, probe
+
+log = logging.getLogger(__name__)
+IN_CHUNK = 1 << 20
+Progress = Callable[[str, float], None]
+
+
+class DaemonUnavailable(LayermatteError):
+    grpc_code = "UNAVAILABLE"
+
+
+_STATUS_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: ModelNotPulled,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Busy,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNAVAILABLE: DaemonUnavailable,
+}
+
+
+def resolve_address(socket: str | os.PathLike | None = None, address: str | None = None) -> str:
+    """--socket/--address, else LAYERMATTE_SOCKET/LAYERMATTE_ADDRESS, else the default socket."""
+    if address:
+        return address
+    if socket:
+        return f"unix:{Path(socket).absolute()}"
+    if os.environ.get("LAYERMATTE_ADDRESS"):
+        return os.environ["LAYERMATTE_ADDRESS"]
+    if os.environ.get("LAYERMATTE_SOCKET"):
+        return f"unix:{Path(os.environ['LAYERMATTE_SOCKET']).absolute()}"
+    return f"unix:{paths.default_socket()}"
+
+
+def ensure_daemon(address: str, timeout: float = 60.0, extra_args: list[str] | None = None) -> bool:
+    """Start a background daemon on a unix-socket address if none answers.
+
+    Returns True when it had to start one. TCP addresses are never auto-started:
+    the user chose a remote-looking set-up on purpose.
+    """
+    if probe(address):
+        return False
+    if not address.startswith("unix:"):
+        raise DaemonUnavailable(f"no layermatte daemon answers at {address}; start one with "
+                                "`layermatte serve --port N`")
+    sock = address[len("unix:"):]
+    log_path = paths.ensure_private_dir(Path(sock).parent) / "daemon.log"
+    with open(log_path, "ab") as log_file:
+        subprocess.Popen([sys.executable, "-m", "layermatte", "serve", "--socket", sock,
+                          *(extra_args or [])], stdin=subprocess.DEVNULL, stdout=log_file,
+                         stderr=log_file, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe(address, timeout=0.5):
+            return True
+        time.sleep(0.1)
+    raise DaemonUnavailable(f"started a daemon on {sock} but it did not answer within "
+                            f"{timeout:.0f} s; see {log_path}")
+
+
+@dataclass
+class MatteReply:
+    matte: np.ndarray
+    foreground: np.ndarray | None
+    summary: dict = field(default_factory=dict)
+
+
+def _error(e: grpc.RpcError, address: str) -> LayermatteError:
+    code = e.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return DaemonUnavailable(f"the layermatte daemon at {address} is not reachable "
+                                 f"({e.details()}); start it with `layermatte serve`")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit is" in (e.details() or ""):
+        return TooLarge(e.details())
+    cls = _STATUS_ERRORS.get(code, LayermatteError)
+    return cls(e.details() or code.name)
+
+
+class Client:
+    def __init__(self, address: str | None = None, token: str | None = None,
+                 timeout: float | None = None):
+        self.address = address or resolve_address()
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = grpc.insecure_channel(self.address, options=GRPC_OPTIONS)
+        self._stub = pb_grpc.MattingStub(self._channel)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def list_models(self) -> list[dict]:
+        try:
+            resp = self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout or 30,
+                                         metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise _error(e, self.address) from None
+        return [{f.name: getattr(m, f.name) for f in m.DESCRIPTOR.fields} for m in resp.models]
+
+    def load_model(self, model_id: str = "") -> dict:
+        try:
+            r = self._stub.LoadModel(pb.LoadModelRequest(model_id=model_id),
+                                     timeout=self.timeout or 600, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise _error(e, self.address) from None
+        return {"model_id": r.model_id, "provider": r.provider, "load_ms": r.load_ms}
+
+    def matte(self, image: np.ndarray, *, model_id: str = "", options: MatteOptions = MatteOptions(),
+              guide_mask: np.ndarray | None = None, format_code: int | None = None,
+              progress: Progress | None = None, cancel: threading.Event | None = None,
+              request_id: str | None = None) -> MatteReply:
+        """image: HxW[xC] uint8/uint16/float32 array (format from its shape unless
+        format_code says otherwise, e.g. BGRA8). guide_mask: HxW uint8 to refine
+        instead of running the model."""
+        h, w = image.shape[:2]
+        code = format_code or formats.code_for_array(image)
+        fmt = formats.lookup(code)
+        header = wire.header_from_job(width=w, height=h, format_code=code, model_id=model_id,
+                                      request_id=request_id or uuid.uuid4().hex[:12],
+                                      options=options, use_model=guide_mask is None)
+        planes = [(pb.PLANE_PIXELS, np.ascontiguousarray(image, dtype=fmt.dtype))]
+        if guide_mask is not None:
+            planes.append((pb.PLANE_GUIDE_MASK, np.ascontiguousarray(guide_mask, np.uint8)))
+
+        def requests():
+            yield pb.MatteRequest(header=header)
+            for plane, arr in planes:
+                view = memoryview(arr.view(np.uint8).reshape(-1))
+                for off in range(0, len(view), IN_CHUNK):
+                    yield pb.MatteRequest(chunk=pb.Chunk(plane=plane, data=bytes(view[off:off + IN_CHUNK])))
+
+        call = self._stub.Matte(requests(), timeout=self.timeout, metadata=self._metadata)
+        watcher = None
+        if cancel is not None:
+            def watch():
+                cancel.wait()
+                call.cancel()
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+        depth16 = options.depth16
+        matte = np.empty((h, w), np.uint16 if depth16 else np.uint8)
+        fg = None
+        if options.return_foreground:
+            fg = np.empty((h, w, 3), np.uint8 if fmt.dtype == np.uint8 else np.uint16)
+        targets = {pb.PLANE_MATTE: matte, pb.PLANE_FOREGROUND: fg}
+        summary = None
+        try:
+            for resp in call:
+                kind = resp.WhichOneof("kind")
+                if kind == "progress" and progress:
+                    progress(resp.progress.stage, resp.progress.fraction)
+                elif kind == "chunk":
+                    target = targets.get(resp.chunk.plane)
+                    if target is None:
+                        raise LayermatteError(f"daemon sent an unexpected plane {resp.chunk.plane}")
+                    flat = target.view(np.uint8).reshape(-1)
+                    data = resp.chunk.data
+                    flat[resp.chunk.offset:resp.chunk.offset + len(data)] = np.frombuffer(data, np.uint8)
+                elif kind == "summary":
+                    s = resp.summary
+                    summary = {"request_id": s.request_id, "model_id": s.model_id,
+                               "provider": s.provider, "stage_ms": dict(s.stage_ms)}
+        except grpc.RpcError as e:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("request cancelled") from None
+            raise _error(e, self.address) from None
+        if summary is None:
+            raise LayermatteError("the daemon closed the stream without a summary")
+        if progress:
+            progress("done", 1.0)
+        return MatteReply(matte=matte, foreground=fg, summary=summary)

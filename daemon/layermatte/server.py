@@ -1,0 +1,282 @@
+"""gRPC adapter: proto in, domain call, status codes out. Plus serve()."""
+from __future__ import annotations
+
+import fcntl
+import hmac
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import paths, wire
+from .daemon import Daemon
+from .errors import InvalidInput, LayermatteError
+from .proto.layermatte.v1 import matting_pb2 as pb
+from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE = "layermatte.v1.Matting"
+OUT_CHUNK = 1 << 20
+MAX_MESSAGE = 16 << 20  # per message; layers stream in many messages
+GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0)]
+
+
+def _abort(context: grpc.ServicerContext, err: LayermatteError):
+    context.abort(getattr(grpc.StatusCode, err.grpc_code), str(err))
+
+
+class MattingServicer(pb_grpc.MattingServicer):
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def Matte(self, request_iterator, context):
+        cancel = threading.Event()
+        context.add_callback(cancel.set)
+        try:
+            with self.daemon.admitted():
+                yield from self._matte(request_iterator, context, cancel)
+        except LayermatteError as e:
+            log.info("request failed: %s", e)
+            _abort(context, e)
+        except Exception:
+            log.exception("internal error")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error in the daemon (see its log)")
+
+    def _matte(self, requests, context, cancel):
+        t0 = time.perf_counter()
+        first = next(requests, None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise InvalidInput("the first message of a Matte call must be a header")
+        job = wire.job_from_header(first.header)
+        self.daemon.check_size(job)
+        log.info("request %s: %dx%d %s model=%s", job.request_id or "-", job.width, job.height,
+                 job.format.name, job.model_id or self.daemon.catalog.default_id)
+        planes = {pb.PLANE_PIXELS: bytearray(job.pixel_bytes)}
+        if not job.use_model:
+            planes[pb.PLANE_GUIDE_MASK] = bytearray(job.guide_bytes)
+        filled = {k: 0 for k in planes}
+        total = sum(len(b) for b in planes.values())
+        step, next_report = max(total // 10, 1), 0
+        for msg in requests:
+            if msg.WhichOneof("kind") != "chunk":
+                raise InvalidInput("only one header is allowed per call")
+            plane = msg.chunk.plane
+            if plane not in planes:
+                raise InvalidInput(f"unexpected chunk plane {plane} for this request")
+            data, buf, at = msg.chunk.data, planes[plane], filled[plane]
+            if at + len(data) > len(buf):
+                raise InvalidInput(f"too much data for plane {plane}: more than the {len(buf)} "
+                                   f"bytes {job.width}x{job.height} {job.format.name} needs")
+            buf[at:at + len(data)] = data
+            filled[plane] = at + len(data)
+            got = sum(filled.values())
+            if got >= next_report:
+                next_report = got + step
+                yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.05 * got / total))
+        for plane, buf in planes.items():
+            if filled[plane] != len(buf):
+                raise InvalidInput(f"stream ended early: plane {plane} has {filled[plane]} of "
+                                   f"{len(buf)} bytes")
+        receive_ms = (time.perf_counter() - t0) * 1000
+        pixels = wire.formats.as_array(planes[pb.PLANE_PIXELS], job.width, job.height, job.format)
+        guide = None
+        if not job.use_model:
+            guide = np.frombuffer(planes[pb.PLANE_GUIDE_MASK], np.uint8).reshape(job.height, job.width)
+
+        events: queue.Queue = queue.Queue()
+        outcome = {}
+
+        def work():
+            try:
+                outcome["result"] = self.daemon.matte(
+                    job, pixels, guide, lambda s, f: events.put((s, f)), cancel)
+            except BaseException as e:  # handed to the RPC thread
+                outcome["error"] = e
+            finally:
+                events.put(None)
+
+        threading.Thread(target=work, name=f"matte-{job.request_id}", daemon=True).start()
+        while True:
+            try:
+                ev = events.get(timeout=0.2)
+            except queue.Empty:
+                if not context.is_active():
+                    cancel.set()
+                continue
+            if ev is None:
+                break
+            yield pb.MatteResponse(progress=pb.Progress(stage=ev[0], fraction=ev[1]))
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
+        del planes, pixels, guide
+        t_send = time.perf_counter()
+        yield pb.MatteResponse(progress=pb.Progress(stage="send", fraction=0.96))
+        for plane, arr in ((pb.PLANE_MATTE, result.matte), (pb.PLANE_FOREGROUND, result.foreground)):
+            if arr is None:
+                continue
+            view = memoryview(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+            for off in range(0, len(view), OUT_CHUNK):
+                if cancel.is_set():
+                    return
+                yield pb.MatteResponse(chunk=pb.MatteChunk(plane=plane, offset=off,
+                                                           data=bytes(view[off:off + OUT_CHUNK])))
+        stage_ms = dict(result.stage_ms, receive=receive_ms,
+                        send=(time.perf_counter() - t_send) * 1000,
+                        total=(time.perf_counter() - t0) * 1000)
+        yield pb.MatteResponse(summary=pb.Summary(
+            request_id=job.request_id, model_id=result.model_id, provider=result.provider,
+            width=job.width, height=job.height,
+            matte_depth=pb.MATTE_DEPTH_U16 if job.options.depth16 else pb.MATTE_DEPTH_U8,
+            stage_ms=stage_ms))
+        log.info("request %s done in %.0f ms", job.request_id or "-", stage_ms["total"])
+
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[pb.ModelInfo(**m) for m in self.daemon.models()])
+
+    def LoadModel(self, request, context):
+        try:
+            model, fresh = self.daemon.engine.load(request.model_id or None)
+        except LayermatteError as e:
+            _abort(context, e)
+        return pb.LoadModelResponse(model_id=model.spec.id, provider=model.provider,
+                                    load_ms=model.load_ms if fresh else 0.0)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Every call on a TCP listener with a token must carry
+    `authorization: Bearer <token>` (compared in constant time)."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return continuation(details)
+        return self._deny_stream if details.method.endswith("/Matte") else self._deny
+
+
+@dataclass
+class ServeConfig:
+    socket: Path | None = None
+    port: int | None = None
+    host: str = "127.0.0.1"
+    token: str | None = None
+    grace_s: float = 30.0
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _make_server(daemon: Daemon, health_servicer, interceptors=()) -> grpc.Server:
+    cap = daemon.limits.concurrency + daemon.limits.queue_depth
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cap + 8, thread_name_prefix="rpc"),
+                         interceptors=interceptors, options=GRPC_OPTIONS,
+                         maximum_concurrent_rpcs=cap + 16)
+    pb_grpc.add_MattingServicer_to_server(MattingServicer(daemon), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (pb.DESCRIPTOR.services_by_name["Matting"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    return server
+
+
+def probe(address: str, timeout: float = 1.0) -> bool:
+    """True when a healthy daemon answers at address."""
+    try:
+        with grpc.insecure_channel(address) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                                        timeout=timeout)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None,
+          stop: threading.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set); drains in-flight calls."""
+    if cfg.port is not None and not is_loopback(cfg.host) and not cfg.token:
+        raise InvalidInput(f"refusing to listen on non-loopback address {cfg.host} without "
+                           "--token-file: anyone on the network could use this daemon")
+    sock = cfg.socket or paths.default_socket()
+    paths.ensure_private_dir(sock.parent)
+    lock_file = open(sock.with_suffix(".lock"), "w")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AlreadyRunning(f"a layermatte daemon is already running on {sock}") from None
+    if sock.exists():
+        if probe(f"unix:{sock}"):
+            raise AlreadyRunning(f"a layermatte daemon is already running on {sock}")
+        log.info("removing stale socket %s", sock)
+        sock.unlink()
+
+    health_servicer = health.HealthServicer()
+    servers = [_make_server(daemon, health_servicer)]
+    old_umask = os.umask(0o177)
+    try:
+        servers[0].add_insecure_port(f"unix:{sock}")
+    finally:
+        os.umask(old_umask)
+    if cfg.port is not None:
+        tcp = _make_server(daemon, health_servicer,
+                           [TokenInterceptor(cfg.token)] if cfg.token else [])
+        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+        bound = tcp.add_insecure_port(f"{host}:{cfg.port}")
+        if not bound:
+            raise InvalidInput(f"cannot listen on {cfg.host}:{cfg.port}")
+        servers.append(tcp)
+        log.info("listening on %s:%d%s", cfg.host, bound, " (token required)" if cfg.token else "")
+    for s in servers:
+        s.start()
+    sock.chmod(0o600)
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening on unix:%s", sock)
+
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    if ready is not None:
+        ready.set()
+    try:
+        stop.wait()
+    finally:
+        log.info("shutting down: draining in-flight requests (up to %.0f s)", cfg.grace_s)
+        health_servicer.enter_graceful_shutdown()
+        events = [s.stop(cfg.grace_s) for s in servers]
+        for e in events:
+            e.wait()
+        sock.unlink(missing_ok=True)
+        lock_file.close()
+        log.info("stopped")
