@@ -38,6 +38,12 @@ class BuildPy(build_py):
     def run(self):
         target = ROOT / "daemon" if self.editable_mode else Path(self.build_lib)
         generate(target)
+        if not self.editable_mode:  # editable installs read plugins/ from the checkout
+            import shutil
+            dest = target / "layermatte" / "_plugins"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(ROOT / "plugins", dest,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
         super().run()
 
 

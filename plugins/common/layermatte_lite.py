@@ -1,0 +1,294 @@
+"""Editor-side client for the layermatte daemon (GIMP and Krita plug-ins).
+
+Runs inside the editor's own Python, which may be old (Debian: grpcio 1.51,
+protobuf 4.21) or have no grpc at all (Windows/macOS/Flatpak/AppImage
+bundles). So this module uses only the standard library, plus grpc/protobuf
+when they import:
+
+* gRPC transport: message classes are built at run time from the shipped
+  descriptor set (layermatte_v1.desc) and calls go through grpc's generic
+  API, which works with any protobuf runtime since 3.x.
+* Pipe transport: otherwise the `layermatte pipe` program does the call;
+  pixels go to its stdin, the matte comes back on stdout, progress as JSON
+  lines on stderr.
+
+Pixels and mattes are plain bytes; no numpy needed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DESCRIPTOR_FILE = HERE / "layermatte_v1.desc"
+CONFIG_FILE = HERE / "layermatte_lite.json"  # written by `layermatte install`
+CHUNK = 1 << 20
+
+FORMATS = {"RGBA8": (1, 4), "RGB8": (2, 3), "GRAY8": (3, 1), "GRAYA8": (4, 2), "BGRA8": (5, 4),
+           "RGBA16": (6, 8), "RGB16": (7, 6), "GRAY16": (8, 2), "GRAYA16": (9, 4),
+           "RGBAF32": (10, 16), "GRAYAF32": (11, 8), "RGBF32": (12, 12), "GRAYF32": (13, 4)}
+OPTION_FLAGS = {"feather": "--feather", "shift": "--shift", "smooth": "--smooth",
+                "contrast": "--contrast"}
+
+
+class LayermatteError(Exception):
+    """Shown to the user as is, in the editor's own error dialog."""
+
+
+class Cancelled(LayermatteError):
+    pass
+
+
+def _config() -> dict:
+    try:
+        return json.loads(CONFIG_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def default_socket() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    folder = Path(base) / "layermatte" if base else Path(f"/tmp/layermatte-{os.getuid()}")
+    return str(folder / "daemon.sock")
+
+
+def resolve_address() -> str:
+    if os.environ.get("LAYERMATTE_ADDRESS"):
+        return os.environ["LAYERMATTE_ADDRESS"]
+    sock = os.environ.get("LAYERMATTE_SOCKET") or _config().get("socket") or default_socket()
+    return "unix:" + str(Path(sock).absolute())
+
+
+def layermatte_command() -> list[str]:
+    """How to run the `layermatte` program: env, install-time record, PATH."""
+    if os.environ.get("LAYERMATTE_BIN"):
+        return [os.environ["LAYERMATTE_BIN"]]
+    recorded = _config().get("command")
+    if recorded and Path(recorded[0]).exists():
+        return list(recorded)
+    found = shutil.which("layermatte")
+    if found:
+        return [found]
+    raise LayermatteError("the layermatte program was not found. Install it (pip install "
+                          "layermatte) and run `layermatte install gimp` or `layermatte install krita`.")
+
+
+# -- gRPC transport -------------------------------------------------------------
+class _Grpc:
+    def __init__(self, address: str):
+        import grpc
+        from google.protobuf import descriptor_pb2, descriptor_pool
+
+        self.grpc = grpc
+        fds = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_FILE.read_bytes())
+        pool = descriptor_pool.DescriptorPool()
+        for fdp in fds.file:
+            pool.Add(fdp)
+        self.m = {name: _message_class(pool, f"layermatte.v1.{name}") for name in
+                  ("MatteRequest", "MatteResponse", "MatteHeader", "Chunk", "Refinement")}
+        self.health_req = None
+        self.channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", 16 << 20)])
+        self.address = address
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """Reachability without the health proto: ListModels answers or not."""
+        call = self.channel.unary_unary("/layermatte.v1.Matting/ListModels",
+                                        request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+        try:
+            call(b"", timeout=timeout)
+            return True
+        except self.grpc.RpcError:
+            return False
+
+    def matte(self, header: dict, planes, progress, cancel):
+        m = self.m
+        ref = m["Refinement"](**header.pop("refinement"))
+        hdr = m["MatteHeader"](refinement=ref, **header)
+
+        def requests():
+            yield m["MatteRequest"](header=hdr)
+            for plane, data in planes:
+                view = memoryview(data)
+                for off in range(0, len(view), CHUNK):
+                    yield m["MatteRequest"](chunk=m["Chunk"](plane=plane, data=bytes(view[off:off + CHUNK])))
+
+        call = self.channel.stream_stream(
+            "/layermatte.v1.Matting/Matte", request_serializer=lambda msg: msg.SerializeToString(),
+            response_deserializer=m["MatteResponse"].FromString)(requests())
+        stop = threading.Event()
+
+        def watch():
+            while not stop.wait(0.1):
+                if cancel is not None and cancel.is_set():
+                    call.cancel()
+                    return
+        threading.Thread(target=watch, daemon=True).start()
+        out = bytearray()
+        summary = None
+        try:
+            for resp in call:
+                kind = resp.WhichOneof("kind")
+                if kind == "progress" and progress:
+                    progress(resp.progress.stage, resp.progress.fraction)
+                elif kind == "chunk" and resp.chunk.plane == 2:
+                    end = resp.chunk.offset + len(resp.chunk.data)
+                    if len(out) < end:
+                        out.extend(b"\0" * (end - len(out)))
+                    out[resp.chunk.offset:end] = resp.chunk.data
+                elif kind == "summary":
+                    summary = {"model_id": resp.summary.model_id, "provider": resp.summary.provider,
+                               "stage_ms": dict(resp.summary.stage_ms)}
+        except self.grpc.RpcError as e:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled") from None
+            if e.code() == self.grpc.StatusCode.UNAVAILABLE:
+                raise LayermatteError(f"the layermatte daemon stopped answering ({e.details()})") from None
+            raise LayermatteError(e.details() or e.code().name) from None
+        finally:
+            stop.set()
+        if summary is None:
+            raise LayermatteError("the daemon closed the connection before finishing")
+        return bytes(out), summary
+
+
+def _message_class(pool, full_name: str):
+    desc = pool.FindMessageTypeByName(full_name)
+    try:
+        from google.protobuf import message_factory
+        if hasattr(message_factory, "GetMessageClass"):
+            return message_factory.GetMessageClass(desc)
+        return message_factory.MessageFactory(pool).GetPrototype(desc)
+    except ImportError:  # pragma: no cover - very old protobuf
+        raise
+
+
+def grpc_available() -> bool:
+    if os.environ.get("LAYERMATTE_TRANSPORT") == "pipe":
+        return False
+    try:
+        import grpc  # noqa: F401
+        from google.protobuf import descriptor_pool  # noqa: F401
+    except ImportError:
+        return False
+    return DESCRIPTOR_FILE.is_file()
+
+
+# -- the call the plug-ins make ----------------------------------------------------
+def start_daemon(address: str, timeout: float = 60.0) -> None:
+    if not address.startswith("unix:"):
+        raise LayermatteError(f"no layermatte daemon answers at {address}. Start it with "
+                              "`layermatte serve`.")
+    cmd = layermatte_command() + ["serve", "--socket", address[5:]]
+    subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    probe = _Grpc(address) if grpc_available() else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe is None:
+            return  # the pipe transport starts/awaits the daemon itself
+        if probe.ping(0.5):
+            return
+        time.sleep(0.2)
+    raise LayermatteError(f"started the layermatte daemon but it did not answer within "
+                          f"{timeout:.0f} s. Run `layermatte serve` in a terminal to see why.")
+
+
+def matte(width: int, height: int, fmt: str, pixels: bytes, *, options: dict | None = None,
+          guide_mask: bytes | None = None, depth16: bool = False, progress=None, cancel=None,
+          autostart: bool = True) -> tuple[bytes, dict]:
+    """The layer's matte as width*height bytes (GRAY8, or GRAY16 little-endian
+    with depth16). options: model, feather, shift, smooth, contrast."""
+    if fmt not in FORMATS:
+        raise LayermatteError(f"unsupported pixel format {fmt}")
+    code, bpp = FORMATS[fmt]
+    if len(pixels) != width * height * bpp:
+        raise LayermatteError(f"layer data is {len(pixels)} bytes, expected {width * height * bpp}")
+    options = dict(options or {})
+    address = resolve_address()
+    if grpc_available():
+        client = _Grpc(address)
+        if not client.ping():
+            if not autostart:
+                raise LayermatteError(f"no layermatte daemon answers at {address}. "
+                                      "Start it with `layermatte serve`.")
+            start_daemon(address)
+        header = {"request_id": uuid.uuid4().hex[:12], "width": width, "height": height,
+                  "format": code, "model_id": options.get("model", ""),
+                  "matte_depth": 1 if depth16 else 0, "source": 1 if guide_mask is not None else 0,
+                  "refinement": {k + ("_px" if k in ("feather", "shift") else ""): float(options.get(k, 0))
+                                 for k in OPTION_FLAGS}}
+        planes = [(0, pixels)] + ([(1, guide_mask)] if guide_mask is not None else [])
+        return client.matte(header, planes, progress, cancel)
+    return _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, progress,
+                 cancel, autostart)
+
+
+def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, progress, cancel,
+          autostart):
+    cmd = layermatte_command() + ["pipe", "--address", address, "--width", str(width),
+                                  "--height", str(height), "--format", fmt]
+    if options.get("model"):
+        cmd += ["--model", options["model"]]
+    for key, flag in OPTION_FLAGS.items():
+        if options.get(key):
+            cmd += [flag, str(float(options[key]))]
+    if guide_mask is not None:
+        cmd.append("--guide")
+    if depth16:
+        cmd.append("--depth16")
+    if not autostart:
+        cmd.append("--no-autostart")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    errors, summary = [], {}
+
+    def read_events():
+        for line in proc.stderr:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if "progress" in ev and progress:
+                progress(ev["stage"], ev["progress"])
+            elif "error" in ev:
+                errors.append(ev["error"])
+            elif "summary" in ev:
+                summary.update(ev["summary"])
+
+    def feed():
+        try:
+            proc.stdin.write(pixels)
+            if guide_mask is not None:
+                proc.stdin.write(guide_mask)
+            proc.stdin.close()
+        except OSError:
+            pass
+    threads = [threading.Thread(target=read_events, daemon=True), threading.Thread(target=feed, daemon=True)]
+    for t in threads:
+        t.start()
+    out_size = width * height * (2 if depth16 else 1)
+    chunks, got = [], 0
+    while got < out_size:
+        if cancel is not None and cancel.is_set():
+            proc.terminate()
+            proc.wait()
+            raise Cancelled("cancelled")
+        block = proc.stdout.read(min(CHUNK, out_size - got))
+        if not block:
+            break
+        chunks.append(block)
+        got += len(block)
+    proc.wait()
+    threads[0].join(5)
+    if proc.returncode != 0 or got != out_size:
+        raise LayermatteError(errors[-1] if errors else f"layermatte pipe failed (exit {proc.returncode})")
+    return b"".join(chunks), summary
