@@ -40,7 +40,7 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT)
 
 
-def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = 2,
+def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = 4,
                         eps: float = 1e-4) -> GuidedCoefficients:
     """Colour guided filter coefficients, with the 3x3 solve done in closed form."""
     I = guide.astype(np.float32)

@@ -66,6 +66,8 @@ class MattingServicer(pb_grpc.MattingServicer):
         planes = {pb.PLANE_PIXELS: bytearray(job.pixel_bytes)}
         if not job.use_model:
             planes[pb.PLANE_GUIDE_MASK] = bytearray(job.guide_bytes)
+        # Tells the client it was admitted and the header accepted.
+        yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.0))
         filled = {k: 0 for k in planes}
         total = sum(len(b) for b in planes.values())
         step, next_report = max(total // 10, 1), 0

@@ -31,14 +31,16 @@ def builtin_entries() -> list[ModelSpec]:
 
 
 class Catalog:
-    def __init__(self, cache: Path | None = None, config: Path | None = None):
+    def __init__(self, cache: Path | None = None, config: Path | None = None,
+                 extra_entries: list[ModelSpec] = ()):
         self.cache = (cache or paths.cache_dir()) / "models"
         self.config = (config or paths.config_dir()) / "models"
         self.default_id = DEFAULT_MODEL
+        self._extra = list(extra_entries)
 
     # -- lookup -----------------------------------------------------------
     def entries(self) -> list[ModelSpec]:
-        return builtin_entries() + self._custom_entries()
+        return builtin_entries() + self._extra + self._custom_entries()
 
     def get(self, model_id: str | None) -> ModelSpec:
         model_id = model_id or self.default_id

@@ -1,0 +1,62 @@
+"""layermatte batch: every image of a folder tree through the daemon, resumable."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import batch
+from ..batch import DaemonMatter
+from .common import add_connection, add_matte_options, connect, matte_options
+
+EXIT_FAILURES = 3
+
+
+def register(sub):
+    p = sub.add_parser("batch", help="remove the background of every image in a folder (recursive)",
+                       description="Cut out every image under INPUT_DIR into OUTPUT_DIR, keeping relative "
+                                   "paths. Outputs that already exist are skipped (resume) unless --force. "
+                                   f"Exit code 0: all done; {EXIT_FAILURES}: some images failed (listed); "
+                                   "2: error.")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--format", choices=sorted(batch.OUTPUT_SUFFIX), default="png",
+                   help="png/webp/tiff cut-outs, or psd: original + masked cut-out layer (default: png)")
+    p.add_argument("--jobs", type=int, default=2, metavar="N",
+                   help="requests in flight at once; the daemon queues them (default: 2)")
+    p.add_argument("--force", action="store_true", help="redo images whose output exists")
+    add_matte_options(p)
+    add_connection(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    jobs = batch.plan(args.input_dir, args.output_dir, args.format)
+    if not jobs:
+        print(f"batch: no images under {args.input_dir}", file=sys.stderr)
+        return 0
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    matter = DaemonMatter(lambda: connect(args), model_id=args.model)
+    bar = tqdm(total=len(jobs), unit="img", disable=not sys.stderr.isatty(), leave=False)
+    failures = [0]
+
+    def on_outcome(o: batch.Outcome) -> None:
+        if o.status == "failed":
+            failures[0] += 1
+            bar.set_postfix_str(f"{failures[0]} failed")
+        bar.update(1)
+
+    try:
+        summary = batch.run(jobs, matter, args.format, matte_options(args, return_foreground=True),
+                            workers=args.jobs, force=args.force, on_outcome=on_outcome)
+    finally:
+        bar.close()
+        matter.close()
+    for o in summary.failed:
+        print(f"failed {o.job.relative}: {o.error}", file=sys.stderr)
+    print(f"batch: {summary.line()} (of {len(jobs)}) -> {args.output_dir}", file=sys.stderr)
+    if summary.aborted:
+        print(f"layermatte: error: batch stopped: {summary.aborted}", file=sys.stderr)
+        return 2
+    return EXIT_FAILURES if summary.failed else 0

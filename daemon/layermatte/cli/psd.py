@@ -1,0 +1,81 @@
+"""layermatte psd: the daemon's mattes written as layer masks of a Photoshop document."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import psd
+from ..batch import DaemonMatter
+from .common import add_connection, add_matte_options, connect, matte_options
+
+EXIT_SKIPPED = 3
+
+
+def register(sub):
+    p = sub.add_parser("psd", help="add AI layer masks to the layers of a PSD/PSB file",
+                       description="For each chosen pixel layer, send its pixels to the daemon and write "
+                                   "the matte as that layer's layer mask. Everything else is kept. "
+                                   f"Exit code 0: all done; {EXIT_SKIPPED}: some layers were skipped "
+                                   "(listed); 2: error, nothing written.")
+    p.add_argument("input", type=Path, help="input .psd or .psb")
+    p.add_argument("output", type=Path, nargs="?", help="output file (omit with --in-place)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--layers", nargs="+", action="extend", metavar="NAME",
+                     help="layers to mask, by name or Group/Layer path")
+    sel.add_argument("--all", action="store_true", help="every pixel layer (default)")
+    sel.add_argument("--visible", action="store_true", help="visible pixel layers only")
+    p.add_argument("--replace-masks", action="store_true",
+                   help="replace existing layer masks (default: skip layers that have one)")
+    p.add_argument("--in-place", action="store_true",
+                   help="overwrite INPUT, keeping a backup (NAME.bak.psd)")
+    add_matte_options(p)
+    add_connection(p)
+    p.set_defaults(run=run)
+
+
+class LayerBar:
+    """tqdm bar over layers; the daemon's stage of the current layer as postfix."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        self.bar = tqdm(total=total, unit="layer", disable=not self.enabled, leave=False)
+
+    def progress(self, label: str, stage: str, fraction: float) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(label, refresh=False)
+            self.bar.set_postfix_str(stage)
+
+    def layer_done(self, outcome: psd.LayerOutcome) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args) -> int:
+    mode = "names" if args.layers else "visible" if args.visible else "all"
+    matter = DaemonMatter(lambda: connect(args), model_id=args.model)
+    bar = LayerBar(enabled=sys.stderr.isatty())
+    try:
+        result = psd.process(args.input, args.output, matter, matte_options(args, return_foreground=False),
+                             mode=mode, names=args.layers or (), replace_masks=args.replace_masks,
+                             in_place=args.in_place, progress=bar.progress, on_layer=bar.layer_done,
+                             on_plan=bar.start)
+    finally:
+        bar.close()
+        matter.close()
+    for o in result.skipped:
+        print(f"skipped layer {o.label!r}: {o.reason}", file=sys.stderr)
+    n = len(result.masked)
+    note = f" (backup: {result.backup})" if result.backup else ""
+    print(f"wrote {result.output}: {n} layer mask{'s' if n != 1 else ''} added, "
+          f"{len(result.skipped)} layer{'s' if len(result.skipped) != 1 else ''} skipped{note}",
+          file=sys.stderr)
+    return EXIT_SKIPPED if result.skipped else 0
