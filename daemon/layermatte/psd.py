@@ -142,10 +142,30 @@ def choose_layers(psd: PSDImage, mode: str = "all", names: Iterable[str] = ()) -
     return chosen
 
 
+def _rle_damaged(layer) -> bool:
+    """psd-tools decodes a broken PackBits channel leniently (no error, wrong pixels).
+    Each RLE channel starts with a table of row byte counts; a whole row takes at
+    least 2 bytes, and the rows must fit in the data that follows."""
+    size = 2 if layer._psd.version == 1 else 4
+    rows = layer.height
+    for info, data in zip(layer._record.channel_info, layer._channels):
+        if info.id < -1 or data.compression != Compression.RLE or not data.data:
+            continue  # user masks have their own geometry; ZIP/RAW failures raise in psd-tools
+        if len(data.data) < rows * size:
+            return True
+        counts = np.frombuffer(data.data[:rows * size], ">u2" if size == 2 else ">u4")
+        if counts.min(initial=2) < 2 or int(counts.sum(dtype=np.int64)) > len(data.data) - rows * size:
+            return True
+    return False
+
+
 def layer_pixels(layer, depth: int) -> np.ndarray | None:
-    """HxWxC uint8/uint16 colour(+alpha) at the layer's own bounds, None if empty."""
+    """HxWxC uint8/uint16 colour(+alpha) at the layer's own bounds, None if empty.
+    Raises ValueError when the layer's pixel data is damaged."""
     if layer.width <= 0 or layer.height <= 0 or not layer.has_pixels():
         return None
+    if _rle_damaged(layer):
+        raise ValueError("damaged compressed data")
     with warnings.catch_warnings():  # psd-tools turns undecodable channels black: refuse instead
         warnings.simplefilter("error", PSDDecompressionWarning)
         arr = layer.numpy()  # float32 0..1, exact for 8- and 16-bit data

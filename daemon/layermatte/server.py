@@ -236,12 +236,18 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise AlreadyRunning(f"a layermatte daemon is already running on {sock}") from None
+    pid_file = sock.with_suffix(".pid")
+    pid_file.write_text(str(os.getpid()))
     if sock.exists():
         if probe(f"unix:{sock}"):
             raise AlreadyRunning(f"a layermatte daemon is already running on {sock}")
         log.info("removing stale socket %s", sock)
         sock.unlink()
 
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     health_servicer = health.HealthServicer()
     servers = [_make_server(daemon, health_servicer)]
     old_umask = os.umask(0o177)
@@ -265,10 +271,6 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening on unix:%s", sock)
 
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
     if ready is not None:
         ready.set()
     try:
@@ -280,5 +282,6 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         for e in events:
             e.wait()
         sock.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
         lock_file.close()
         log.info("stopped")
