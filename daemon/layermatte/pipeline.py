@@ -59,8 +59,10 @@ def model_tensor(pixels: np.ndarray, fmt: PixelFormat, model: LoadedModel) -> tu
 def low_res(pixels: np.ndarray, fmt: PixelFormat, w: int, h: int) -> np.ndarray:
     """Area-averaged downscale of the colour channels to HxWx3 float 0..1."""
     src = pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
-    if src.dtype == np.dtype("<u2") and not src.dtype.isnative:
-        src = src.astype(np.uint16)
+    # Integer-factor area averaging first (OpenCV's fast path), then the rest.
+    fx, fy = src.shape[1] // w, src.shape[0] // h
+    if fx >= 2 and fy >= 2:
+        src = cv2.resize(src, (src.shape[1] // fx, src.shape[0] // fy), interpolation=cv2.INTER_AREA)
     small = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA)
     if small.ndim == 2:
         small = small[..., None]

@@ -40,9 +40,20 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT)
 
 
-def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = 4,
-                        eps: float = 1e-4) -> GuidedCoefficients:
+# Coefficients are solved on a grid of at most this many pixels per side: on a
+# synthetic known-alpha test (tests/test_server.py) 512² with radius 2 was both
+# 4x cheaper and closer to the truth than 1024² with radius 4.
+GRID = 512
+
+
+def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = 2,
+                        eps: float = 1e-4, grid: int = GRID) -> GuidedCoefficients:
     """Colour guided filter coefficients, with the 3x3 solve done in closed form."""
+    h, w = p.shape
+    if max(h, w) > grid:
+        size = (min(w, grid), min(h, grid))
+        guide = cv2.resize(guide, size, interpolation=cv2.INTER_AREA)
+        p = cv2.resize(p, size, interpolation=cv2.INTER_AREA)
     I = guide.astype(np.float32)
     p = p.astype(np.float32)
     mean_I = _box(I, radius)
@@ -68,7 +79,7 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = 4,
     a = np.stack([(c00 * cx + c01 * cy + c02 * cz) * inv_det,
                   (c01 * cx + c11 * cy + c12 * cz) * inv_det,
                   (c02 * cx + c12 * cy + c22 * cz) * inv_det], axis=-1)
-    b = mean_p - np.einsum("hwc,hwc->hw", a, mean_I)
+    b = mean_p - (a[..., 0] * mean_I[..., 0] + a[..., 1] * mean_I[..., 1] + a[..., 2] * mean_I[..., 2])
     return GuidedCoefficients(_box(a, radius), _box(b, radius))
 
 
@@ -88,7 +99,9 @@ def apply_guided(coef: GuidedCoefficients, guide_rows: np.ndarray, full_w: int, 
                  y0: int, y1: int) -> np.ndarray:
     a = resize_rows(coef.a, full_w, full_h, y0, y1)
     b = resize_rows(coef.b, full_w, full_h, y0, y1)
-    q = np.einsum("hwc,hwc->hw", a, guide_rows)
+    q = a[..., 0] * guide_rows[..., 0]
+    q += a[..., 1] * guide_rows[..., 1]
+    q += a[..., 2] * guide_rows[..., 2]
     q += b
     return np.clip(q, 0.0, 1.0, out=q)
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from .. import batch
-from ..batch import DaemonMatter
 from .common import add_connection, add_matte_options, connect, matte_options
 
 EXIT_FAILURES = 3
+FORMATS = ("png", "webp", "tiff", "psd")  # batch.OUTPUT_SUFFIX; not imported here to keep --help fast
 
 
 def register(sub):
@@ -21,7 +18,7 @@ def register(sub):
                                    "2: error.")
     p.add_argument("input_dir", type=Path)
     p.add_argument("output_dir", type=Path)
-    p.add_argument("--format", choices=sorted(batch.OUTPUT_SUFFIX), default="png",
+    p.add_argument("--format", choices=FORMATS, default="png",
                    help="png/webp/tiff cut-outs, or psd: original + masked cut-out layer (default: png)")
     p.add_argument("--jobs", type=int, default=2, metavar="N",
                    help="requests in flight at once; the daemon queues them (default: 2)")
@@ -32,6 +29,10 @@ def register(sub):
 
 
 def run(args) -> int:
+    from tqdm import tqdm
+
+    from .. import batch
+    from ..batch import DaemonMatter
     jobs = batch.plan(args.input_dir, args.output_dir, args.format)
     if not jobs:
         print(f"batch: no images under {args.input_dir}", file=sys.stderr)

@@ -4,10 +4,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from .. import psd
-from ..batch import DaemonMatter
 from .common import add_connection, add_matte_options, connect, matte_options
 
 EXIT_SKIPPED = 3
@@ -43,6 +39,7 @@ class LayerBar:
         self.bar = None
 
     def start(self, total: int) -> None:
+        from tqdm import tqdm
         self.bar = tqdm(total=total, unit="layer", disable=not self.enabled, leave=False)
 
     def progress(self, label: str, stage: str, fraction: float) -> None:
@@ -50,7 +47,7 @@ class LayerBar:
             self.bar.set_description_str(label, refresh=False)
             self.bar.set_postfix_str(stage)
 
-    def layer_done(self, outcome: psd.LayerOutcome) -> None:
+    def layer_done(self, outcome) -> None:
         if self.bar is not None:
             self.bar.update(1)
 
@@ -60,6 +57,8 @@ class LayerBar:
 
 
 def run(args) -> int:
+    from .. import psd  # psd-tools loads only when this command runs
+    from ..batch import DaemonMatter
     mode = "names" if args.layers else "visible" if args.visible else "all"
     matter = DaemonMatter(lambda: connect(args), model_id=args.model)
     bar = LayerBar(enabled=sys.stderr.isatty())
