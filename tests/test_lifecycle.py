@@ -155,3 +155,23 @@ def test_model_not_pulled_is_failed_precondition(tmp_path):
         assert d.alive()
     finally:
         stop_daemon(d)
+
+
+def test_existing_shared_folder_keeps_its_mode(model_cache):
+    """--socket in a shared sticky folder (like /tmp) must not chmod that folder."""
+    shared = Path(tempfile.mkdtemp(prefix="lm-shared-"))
+    shared.chmod(0o1777)
+    work = Path(tempfile.mkdtemp(prefix="lm-"))
+    sock = shared / "d.sock"
+    env = dict(os.environ, LAYERMATTE_CACHE=str(model_cache))
+    p = subprocess.Popen(serve_cmd("--socket", str(sock), "--no-warm"), env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not probe(f"unix:{sock}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert probe(f"unix:{sock}")
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import platformdirs
@@ -30,10 +31,14 @@ def default_socket() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to another user; refusing to use it")
-    if st.st_mode & 0o077:
+    """Create path as 0700 when missing. An existing folder keeps its mode (it
+    may be a shared one such as /tmp, where the 0600 socket is the guard) but
+    must be ours or sticky, so nobody else can swap the socket."""
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.chmod(0o700)
+        return path
+    st = path.stat()
+    if st.st_uid != os.getuid() and not st.st_mode & stat.S_ISVTX:
+        raise PermissionError(f"{path} belongs to another user; refusing to use it")
     return path

@@ -27,6 +27,7 @@ def register(sub):
     p.add_argument("--concurrency", type=int, default=Limits.concurrency)
     p.add_argument("--queue", type=int, default=Limits.queue_depth)
     p.add_argument("--no-warm", action="store_true", help="do not load the default model at start")
+    p.add_argument("-v", "--verbose", dest="sub_verbose", action="store_true", help="debug logging")
     p.set_defaults(run=run)
 
 
