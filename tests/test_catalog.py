@@ -9,7 +9,6 @@ import json
 import shutil
 import tarfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ ISNET_SHA = "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb"
 
 def tiny_onnx() -> bytes:
     """A real 64x64 ONNX model: sigmoid(mean over RGB of the input) scaled."""
-    import onnx
     from onnx import TensorProto, helper
 
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])

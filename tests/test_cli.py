@@ -48,6 +48,9 @@ def test_cut_writes_straight_alpha(daemon, astro_file, reference, tmp_path, ext)
     # Straight alpha: opaque pixels keep their colour exactly (no premultiplication).
     assert np.abs(arr[opaque][:, :3].astype(int) - src[opaque]).max() <= 1
     assert list(tmp_path.glob(".*")) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user writes
 
 
 def test_mask_only(daemon, astro_file, reference, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port, start_daemon, stop_daemon
+from conftest import start_daemon, stop_daemon
 from layermatte.client import Client
 from layermatte.errors import LayermatteError, ModelNotPulled
 from layermatte.server import probe
@@ -161,7 +161,6 @@ def test_existing_shared_folder_keeps_its_mode(model_cache):
     """--socket in a shared sticky folder (like /tmp) must not chmod that folder."""
     shared = Path(tempfile.mkdtemp(prefix="lm-shared-"))
     shared.chmod(0o1777)
-    work = Path(tempfile.mkdtemp(prefix="lm-"))
     sock = shared / "d.sock"
     env = dict(os.environ, LAYERMATTE_CACHE=str(model_cache))
     p = subprocess.Popen(serve_cmd("--socket", str(sock), "--no-warm"), env=env)

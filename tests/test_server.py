@@ -12,7 +12,7 @@ from conftest import iou, with_alpha
 from layermatte import formats, pipeline
 from layermatte.catalog import Catalog
 from layermatte.engine import Engine
-from layermatte.errors import Busy, Cancelled, InvalidInput, ModelNotFound, TooLarge
+from layermatte.errors import Busy, Cancelled, InvalidInput, ModelNotFound
 from layermatte.pipeline import MatteOptions
 from layermatte.proto.layermatte.v1 import matting_pb2 as pb
 from layermatte.proto.layermatte.v1 import matting_pb2_grpc as pb_grpc

@@ -6,8 +6,6 @@ straight (un-premultiplied) alpha and are written atomically.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_output
 from .errors import InvalidInput
 
 Image.MAX_IMAGE_PIXELS = 250_000_000  # decompression-bomb guard, same as the daemon's limit
@@ -82,11 +81,7 @@ def write(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None) -> N
     """Write HxW[xC] uint8/uint16 atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     fmt = output_format(path)
-    if not path.parent.is_dir():
-        raise InvalidInput(f"{path.parent}: output folder does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         if pixels.dtype == np.uint16:
             if fmt == "WEBP":
                 raise InvalidInput("WebP cannot hold 16-bit images; write PNG or TIFF")
@@ -104,9 +99,3 @@ def write(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None) -> N
             if fmt == "TIFF":
                 kwargs.update(compression="tiff_adobe_deflate")
             im.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise InvalidInput(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

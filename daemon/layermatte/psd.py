@@ -12,9 +12,7 @@ retry on a busy queue today, an in-process pipeline later.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from psd_tools.compression import PSDDecompressionWarning
 from psd_tools.constants import ChannelID, ColorMode, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource
 
+from .atomic import atomic_output
 from .errors import Busy, Cancelled, InvalidInput, LayermatteError, TooLarge
 from .pipeline import MatteOptions
 
@@ -211,31 +210,14 @@ def save_atomic(psd: PSDImage, output: Path, mode_from: Path | None = None,
                 before_replace: Callable[[], None] | None = None) -> None:
     """Save to a temporary file beside `output`, then rename over it
     (`before_replace` runs once the new file is complete, e.g. to take a backup)."""
-    output = Path(output)
-    if not output.parent.is_dir():
-        raise InvalidInput(f"{output.parent}: output folder does not exist")
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            psd.save(f)
-        if mode_from is not None:
-            shutil.copymode(mode_from, tmp)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, output)
-    except OSError as e:
-        raise InvalidInput(f"{output}: cannot write ({e.strerror or e})") from None
+        with atomic_output(output, mode_from=mode_from, before_replace=before_replace) as tmp:
+            with open(tmp, "wb") as f:
+                psd.save(f)
     except LayermatteError:
         raise
     except Exception as e:  # psd-tools failing to encode the document
         raise LayermatteError(f"{output}: psd-tools could not write the document ({e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def backup_path(path: Path) -> Path:
@@ -327,13 +309,10 @@ def process(input_path: Path, output: Path | None, matte: MatteFn, options: Matt
     outcomes = matte_layers(psd, layers, matte, options, replace_masks=replace_masks,
                             progress=progress, on_layer=on_layer)
     result = PsdResult(output, outcomes)
-    take_backup = None
     if in_place:
         result.backup = backup_path(input_path)
-
-        def take_backup():
-            shutil.copy2(input_path, result.backup)
-    save_atomic(psd, output, mode_from=input_path if in_place else None, before_replace=take_backup)
+    save_atomic(psd, output, mode_from=input_path if in_place else None,
+                before_replace=(lambda: shutil.copy2(input_path, result.backup)) if in_place else None)
     return result
 
 

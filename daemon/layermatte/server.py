@@ -123,7 +123,8 @@ class MattingServicer(pb_grpc.MattingServicer):
         if "error" in outcome:
             raise outcome["error"]
         result = outcome["result"]
-        del planes, pixels, guide
+        planes.clear()  # free the received layer before sending
+        pixels = guide = None
         t_send = time.perf_counter()
         yield pb.MatteResponse(progress=pb.Progress(stage="send", fraction=0.96))
         for plane, arr in ((pb.PLANE_MATTE, result.matte), (pb.PLANE_FOREGROUND, result.foreground)):

@@ -9,7 +9,6 @@ import importlib
 import json
 import logging
 import pkgutil
-from dataclasses import replace
 from pathlib import Path
 
 from .. import fetch, paths

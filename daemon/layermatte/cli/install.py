@@ -13,7 +13,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import paths
 from ..errors import InvalidInput
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
