@@ -174,3 +174,36 @@ def test_existing_shared_folder_keeps_its_mode(model_cache):
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(30)
+
+
+def test_daemon_deadline(model_cache):
+    """A request running past `serve --deadline` ends with DEADLINE_EXCEEDED."""
+    d = start_daemon(model_cache, "--deadline", "1", "--no-warm")
+    try:
+        with d.client() as c:
+            big = np.zeros((3000, 3000, 3), np.uint8)
+            with pytest.raises(LayermatteError) as err:
+                c.matte(big)  # loading the model alone takes longer than 1 s
+            assert "longer than the daemon's limit" in str(err.value)
+        assert d.alive()
+    finally:
+        stop_daemon(d)
+
+
+def test_corrupt_model_is_reported_not_loaded(model_cache, tmp_path):
+    import shutil
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    bad = cache / "models" / "isnet-general.onnx"
+    shutil.copy(model_cache / "models" / "isnet-general.onnx", bad)
+    with open(bad, "r+b") as f:
+        f.seek(5_000_000)
+        f.write(b"\x00" * 64)
+    d = start_daemon(cache, "--no-warm")
+    try:
+        with d.client() as c:
+            with pytest.raises(LayermatteError, match="corrupt"):
+                c.matte(np.zeros((8, 8, 3), np.uint8))
+        assert d.alive() and not bad.exists()  # deleted: the next pull fetches it again
+    finally:
+        stop_daemon(d)

@@ -117,6 +117,8 @@ class Engine:
             if key in self._models:
                 return self._models[key], False
             t0 = time.perf_counter()
+            # A corrupt cache file must never be loaded: check once per process.
+            self.catalog.verify(spec.id)
             so = ort.SessionOptions()
             so.intra_op_num_threads = self.threads
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -2,7 +2,8 @@
 
 decode view → model tensor → inference → guided upsampling + edge controls in
 horizontal strips (bounded memory, all cores) → matte (+ foreground colours).
-The daemon, the in-process CLI (--local) and the Ray batch all call run().
+In hq quality, matting on the uncertain band (tiles) runs between the two.
+The daemon, the in-process CLI (--local, refine) and the Ray batch all call run().
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from .errors import Cancelled, InvalidInput
 from .formats import PixelFormat
 
 STRIP_ROWS = 256
+COARSE_MAX = 1024   # a provided mask is refined from at most this size, like the model's output
+QUALITIES = ("fast", "hq")
 Progress = Callable[[str, float], None]
 
 
@@ -33,6 +36,19 @@ class MatteOptions:
     ignore_layer_alpha: bool = False
     depth16: bool = False
     return_foreground: bool = False
+    quality: str = "fast"             # "fast" (guided upsampling) or "hq" (+ matting on the band)
+
+
+@dataclass(frozen=True)
+class Coarse:
+    """What refinement starts from: the coarse matte (0..1) and the image on
+    the same grid. Cached by the daemon so re-refining skips the model."""
+    matte: np.ndarray      # h x w float32
+    guide: np.ndarray      # h x w x 3 float32 0..1
+
+    @property
+    def nbytes(self) -> int:
+        return self.matte.nbytes + self.guide.nbytes
 
 
 @dataclass
@@ -42,6 +58,7 @@ class MatteResult:
     stage_ms: dict[str, float]
     model_id: str = ""
     provider: str = ""
+    coarse: Coarse | None = None
 
 
 def model_tensor(pixels: np.ndarray, fmt: PixelFormat, model: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
@@ -81,51 +98,83 @@ def _postprocess(raw: np.ndarray, model: LoadedModel) -> np.ndarray:
     return np.clip(m, 0.0, 1.0)
 
 
+def coarse_from_mask(pixels: np.ndarray, fmt: PixelFormat, mask: np.ndarray) -> Coarse:
+    """A mask from anywhere (any size, 8/16-bit or float; e.g. a model's
+    1024x1024 output): refined from at most the layer's size and COARSE_MAX
+    px per side, like the model's output."""
+    h, w = pixels.shape[:2]
+    if mask.ndim != 2 or mask.size == 0:
+        raise InvalidInput(f"guide mask must be one gray plane, got shape {mask.shape}")
+    m = formats.to_float(mask, formats.lookup(formats.code_for_array(mask)))
+    lw, lh = min(mask.shape[1], w, COARSE_MAX), min(mask.shape[0], h, COARSE_MAX)
+    if (lw, lh) != (mask.shape[1], mask.shape[0]):
+        m = cv2.resize(m, (lw, lh), interpolation=cv2.INTER_AREA)
+    return Coarse(np.ascontiguousarray(m, np.float32), low_res(pixels, fmt, lw, lh))
+
+
 def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         model: LoadedModel | None = None, guide_mask: np.ndarray | None = None,
-        progress: Progress = lambda stage, f: None, cancel: threading.Event | None = None,
-        threads: int | None = None) -> MatteResult:
-    """pixels: HxWxC view in `fmt`. Exactly one of model / guide_mask."""
+        coarse: Coarse | None = None, progress: Progress = lambda stage, f: None,
+        cancel: threading.Event | None = None, threads: int | None = None) -> MatteResult:
+    """pixels: HxWxC view in `fmt`. Exactly one of model / guide_mask (any
+    size up to the layer's) / coarse (a cached earlier result)."""
     cancel = cancel or threading.Event()
     h, w = pixels.shape[:2]
     timer = _StageTimer()
+    if opts.quality not in QUALITIES:
+        raise InvalidInput(f"quality must be one of {', '.join(QUALITIES)}, got {opts.quality!r}")
 
     def check():
         if cancel.is_set():
             raise Cancelled("request cancelled")
 
-    # Coarse matte: from the model, or from the caller's existing mask.
-    if model is not None:
+    # Coarse matte: from the model, the caller's mask, or a cached one.
+    if coarse is not None:
+        timer.ms["inference"] = 0.0
+    elif model is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)
             tensor, guide_low = model_tensor(pixels, fmt, model)
         check()
         with timer("inference"):
             progress("inference", 0.15)
-            coarse = _postprocess(model.run(tensor, cancel), model)
+            coarse = Coarse(_postprocess(model.run(tensor, cancel), model), guide_low)
     elif guide_mask is not None:
-        if guide_mask.shape != (h, w):
-            raise InvalidInput(f"guide mask is {guide_mask.shape[1]}x{guide_mask.shape[0]}, layer is {w}x{h}")
         with timer("preprocess"):
             progress("preprocess", 0.1)
-            lw, lh = min(w, 1024), min(h, 1024)
-            guide_low = low_res(pixels, fmt, lw, lh)
-            coarse = cv2.resize(guide_mask, (lw, lh), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+            coarse = coarse_from_mask(pixels, fmt, guide_mask)
     else:
         raise InvalidInput("nothing to matte: no model and no guide mask")
     check()
     progress("upsample", 0.6)
+    n = threads or os.cpu_count() or 1
+    colour, alpha = formats.split(pixels, fmt)
 
-    with timer("upsample"):
-        coef = None if opts.plain_upsample else refine.guided_coefficients(guide_low, coarse)
-        colour, alpha = formats.split(pixels, fmt)
+    with timer("upsample"), ThreadPoolExecutor(max_workers=n) as pool:
+        gate = None if opts.plain_upsample else refine.edge_gate(coarse.matte)
+        coef = None if gate is None else refine.upsampling_coefficients(coarse.guide, coarse.matte, gate)
+
+        def raw(a0: int, a1: int, guide: np.ndarray) -> np.ndarray:
+            if coef is None:
+                return refine.resize_rows(coarse.matte, w, h, a0, a1)
+            return refine.apply_guided(coef, guide, w, h, a0, a1)
+
+        full = None
+        if opts.quality == "hq" and gate is not None:
+            full = np.empty((h, w), np.float32)
+
+            def fill(y0: int, y1: int) -> None:
+                check()
+                full[y0:y1] = raw(y0, y1, formats.to_float(colour[y0:y1], fmt))
+            _all(pool, fill, [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)])
+            _band_matting(pool, full, colour, fmt, refine.hq_weight(coarse.matte, gate), check, progress)
+
         out_dtype = np.uint16 if opts.depth16 else np.uint8
         out_max = 65535.0 if opts.depth16 else 255.0
         matte = np.empty((h, w), out_dtype)
         fg = None
         if opts.return_foreground:
-            fg_dtype = np.uint8 if fmt.dtype == np.uint8 else np.uint16
-            fg = np.empty((h, w, 3), fg_dtype)
+            fg = np.empty((h, w, 3), np.uint8 if fmt.dtype == np.uint8 else np.uint16)
         halo = opts.edges.halo()
         strips = [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)]
         done = [0]
@@ -135,10 +184,7 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
             check()
             a0, a1 = max(0, y0 - halo), min(h, y1 + halo)
             guide = formats.to_float(colour[a0:a1], fmt)
-            if coef is None:
-                q = refine.resize_rows(coarse, w, h, a0, a1)
-            else:
-                q = refine.apply_guided(coef, guide, w, h, a0, a1)
+            q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
             if alpha is not None and not opts.ignore_layer_alpha:
                 q = q * (alpha[a0:a1].astype(np.float32) * (1.0 / fmt.max_value))
@@ -152,15 +198,45 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
                 fg[y0:y1] = np.clip(g * fmax + 0.5, 0, fmax).astype(fg.dtype)
             with lock:
                 done[0] += 1
-                progress("refine", 0.6 + 0.35 * done[0] / len(strips))
+                progress("refine", 0.8 + 0.15 * done[0] / len(strips))
 
-        n = threads or os.cpu_count() or 1
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            for f in [pool.submit(strip, y0, y1) for y0, y1 in strips]:
-                f.result()
+        _all(pool, strip, strips)
     check()
-    return MatteResult(matte=matte, foreground=fg, stage_ms=timer.ms,
+    return MatteResult(matte=matte, foreground=fg, stage_ms=timer.ms, coarse=coarse,
                        model_id=model.spec.id if model else "", provider=model.provider if model else "")
+
+
+def _all(pool: ThreadPoolExecutor, fn, args: list[tuple]) -> None:
+    for f in [pool.submit(fn, *a) for a in args]:
+        f.result()
+
+
+def _band_matting(pool, full: np.ndarray, colour: np.ndarray, fmt: PixelFormat,
+                  weight_low: np.ndarray, check, progress) -> None:
+    """hq: re-estimate alpha on the uncertain band, tile by tile (in place).
+    Each tile reads a margin of context; results are written to the tile's
+    own area only, after all tiles have read theirs."""
+    h, w = full.shape
+    tiles = refine.hq_tiles(weight_low, w, h)
+    m = refine.HQ_MARGIN
+    done = [0]
+    lock = threading.Lock()
+
+    def tile(y0: int, y1: int, x0: int, x1: int):
+        check()
+        b0, b1, c0, c1 = max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)
+        img = formats.to_float(colour[b0:b1, c0:c1], fmt)
+        wgt = refine.resize_rows(weight_low, w, h, b0, b1, c0, c1)
+        a = refine.hq_tile(img, full[b0:b1, c0:c1], wgt)
+        with lock:
+            done[0] += 1
+            progress("refine", 0.6 + 0.2 * done[0] / max(1, len(tiles)))
+        return a[y0 - b0:y1 - b0, x0 - c0:x1 - c0]
+
+    futures = [(t, pool.submit(tile, *t)) for t in tiles]
+    results = [(t, f.result()) for t, f in futures]
+    for (y0, y1, x0, x1), a in results:
+        full[y0:y1, x0:x1] = a
 
 
 class _StageTimer:

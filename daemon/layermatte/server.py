@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import paths, wire
 from .daemon import Daemon
-from .errors import InvalidInput, LayermatteError
+from .errors import Cancelled, InvalidInput, LayermatteError
 from .proto.layermatte.v1 import matting_pb2 as pb
 from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 
@@ -44,17 +44,36 @@ class MattingServicer(pb_grpc.MattingServicer):
     def Matte(self, request_iterator, context):
         cancel = threading.Event()
         context.add_callback(cancel.set)
+        # The daemon's own limit applies even when the client sets no deadline.
+        receiving = threading.Event()
+        receiving.set()
+
+        def expire():
+            cancel.set()
+            if receiving.is_set():  # a stalled upload: nothing else would wake the reader
+                context.cancel()
+        timer = threading.Timer(self.daemon.limits.deadline_s, expire)
+        timer.daemon = True
+        timer.start()
         try:
             with self.daemon.admitted():
-                yield from self._matte(request_iterator, context, cancel)
+                yield from self._matte(request_iterator, context, cancel, receiving)
+        except Cancelled as e:
+            if not timer.is_alive() and context.is_active():
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"request took longer than the daemon's limit of "
+                              f"{self.daemon.limits.deadline_s:.0f} s (serve --deadline)")
+            _abort(context, e)
         except LayermatteError as e:
             log.info("request failed: %s", e)
             _abort(context, e)
         except Exception:
             log.exception("internal error")
             context.abort(grpc.StatusCode.INTERNAL, "internal error in the daemon (see its log)")
+        finally:
+            timer.cancel()
 
-    def _matte(self, requests, context, cancel):
+    def _matte(self, requests, context, cancel, receiving):
         t0 = time.perf_counter()
         first = next(requests, None)
         if first is None or first.WhichOneof("kind") != "header":
@@ -72,6 +91,8 @@ class MattingServicer(pb_grpc.MattingServicer):
         total = sum(len(b) for b in planes.values())
         step, next_report = max(total // 10, 1), 0
         for msg in requests:
+            if cancel.is_set():
+                raise Cancelled("request cancelled while receiving")
             if msg.WhichOneof("kind") != "chunk":
                 raise InvalidInput("only one header is allowed per call")
             plane = msg.chunk.plane
@@ -91,6 +112,7 @@ class MattingServicer(pb_grpc.MattingServicer):
             if filled[plane] != len(buf):
                 raise InvalidInput(f"stream ended early: plane {plane} has {filled[plane]} of "
                                    f"{len(buf)} bytes")
+        receiving.clear()
         receive_ms = (time.perf_counter() - t0) * 1000
         pixels = wire.formats.as_array(planes[pb.PLANE_PIXELS], job.width, job.height, job.format)
         guide = None

@@ -10,6 +10,8 @@ from .proto.layermatte.v1 import matting_pb2 as pb
 from .refine import EdgeOptions
 
 MAX_REQUEST_ID = 128
+QUALITY = {pb.REFINEMENT_QUALITY_FAST: "fast", pb.REFINEMENT_QUALITY_HQ: "hq"}
+QUALITY_CODE = {v: k for k, v in QUALITY.items()}
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,14 @@ def job_from_header(h: pb.MatteHeader) -> MatteJob:
     if h.source not in (pb.MATTE_SOURCE_MODEL, pb.MATTE_SOURCE_PROVIDED):
         raise InvalidInput(f"unknown source {h.source}")
     r = h.refinement
+    if r.quality not in QUALITY:
+        raise InvalidInput(f"unknown refinement.quality {r.quality}")
     edges = EdgeOptions(feather_px=_bounded("feather_px", r.feather_px, 0, 250),
                         shift_px=_bounded("shift_px", r.shift_px, -100, 100),
                         smooth=_bounded("smooth", r.smooth, 0, 1),
                         contrast=_bounded("contrast", r.contrast, -1, 1))
     opts = MatteOptions(edges=edges, decontaminate=r.decontaminate, plain_upsample=r.plain_upsample,
+                        quality=QUALITY[r.quality],
                         ignore_layer_alpha=h.ignore_layer_alpha,
                         depth16=h.matte_depth == pb.MATTE_DEPTH_U16,
                         return_foreground=h.return_foreground)
@@ -68,7 +73,8 @@ def header_from_job(*, width: int, height: int, format_code: int, model_id: str 
         request_id=request_id, width=width, height=height, format=format_code, model_id=model_id,
         refinement=pb.Refinement(feather_px=e.feather_px, shift_px=e.shift_px, smooth=e.smooth,
                                  contrast=e.contrast, decontaminate=options.decontaminate,
-                                 plain_upsample=options.plain_upsample),
+                                 plain_upsample=options.plain_upsample,
+                                 quality=QUALITY_CODE[options.quality]),
         matte_depth=pb.MATTE_DEPTH_U16 if options.depth16 else pb.MATTE_DEPTH_U8,
         source=pb.MATTE_SOURCE_MODEL if use_model else pb.MATTE_SOURCE_PROVIDED,
         ignore_layer_alpha=options.ignore_layer_alpha, return_foreground=options.return_foreground)

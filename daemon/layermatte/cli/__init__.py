@@ -10,7 +10,7 @@ import sys
 
 from ..errors import LayermatteError
 
-COMMANDS = ["serve", "cut", "models", "doctor", "pipe", "psd", "batch", "install"]
+COMMANDS = ["serve", "cut", "refine", "models", "doctor", "pipe", "psd", "batch", "install"]
 
 
 class JsonFormatter(logging.Formatter):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..client import Client, ensure_daemon, resolve_address
-from ..pipeline import MatteOptions
+from ..pipeline import QUALITIES, MatteOptions
 from ..refine import EdgeOptions
 
 
@@ -19,16 +19,23 @@ def add_connection(p: argparse.ArgumentParser) -> None:
                    help="fail instead of starting a daemon when none is running")
 
 
-def add_matte_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("matte")
-    g.add_argument("--model", default="", help="catalogue id (default: isnet-general)")
+def add_edge_options(g) -> None:
+    """The refinement options, the same for cut, psd, batch and refine."""
     g.add_argument("--feather", type=float, default=0.0, metavar="PX", help="soften the edge by PX pixels")
     g.add_argument("--shift", type=float, default=0.0, metavar="PX", help="move the edge out (+) or in (-)")
     g.add_argument("--smooth", type=float, default=0.0, help="round jagged contours, 0..1")
     g.add_argument("--contrast", type=float, default=0.0, help="harden (+) or soften (-) the edge, -1..1")
+    g.add_argument("--quality", choices=QUALITIES, default="fast",
+                   help="fast: edge-aware upsampling; hq: plus matting on hair/fur edges (slower)")
+    g.add_argument("--plain-upsample", action="store_true", help="bilinear instead of edge-aware upsampling")
+
+
+def add_matte_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("matte")
+    g.add_argument("--model", default="", help="catalogue id (default: isnet-general)")
+    add_edge_options(g)
     g.add_argument("--decontaminate", action=argparse.BooleanOptionalAction, default=True,
                    help="remove background colour from edge pixels of cut-outs (default: on)")
-    g.add_argument("--plain-upsample", action="store_true", help="bilinear instead of edge-aware upsampling")
 
 
 def matte_options(args, *, return_foreground: bool, depth16: bool = False) -> MatteOptions:
@@ -36,7 +43,7 @@ def matte_options(args, *, return_foreground: bool, depth16: bool = False) -> Ma
                                           smooth=args.smooth, contrast=args.contrast),
                         decontaminate=args.decontaminate and return_foreground,
                         plain_upsample=args.plain_upsample, depth16=depth16,
-                        return_foreground=return_foreground)
+                        return_foreground=return_foreground, quality=args.quality)
 
 
 def connect(args) -> Client:

@@ -13,7 +13,7 @@ import numpy as np
 from .. import formats
 from ..errors import InvalidInput, LayermatteError
 from .common import add_connection, connect
-from ..pipeline import MatteOptions
+from ..pipeline import QUALITIES, MatteOptions
 from ..refine import EdgeOptions
 
 
@@ -27,6 +27,7 @@ def register(sub):
     p.add_argument("--shift", type=float, default=0.0)
     p.add_argument("--smooth", type=float, default=0.0)
     p.add_argument("--contrast", type=float, default=0.0)
+    p.add_argument("--quality", choices=QUALITIES, default="fast")
     p.add_argument("--guide", action="store_true", help="a GRAY8 mask to refine follows the pixels")
     p.add_argument("--depth16", action="store_true", help="write a 16-bit little-endian matte")
     add_connection(p)
@@ -62,7 +63,7 @@ def run(args) -> int:
             guide = np.frombuffer(_read_exact(sys.stdin.buffer, args.width * args.height),
                                   np.uint8).reshape(args.height, args.width)
         opts = MatteOptions(edges=EdgeOptions(args.feather, args.shift, args.smooth, args.contrast),
-                            depth16=args.depth16)
+                            depth16=args.depth16, quality=args.quality)
         with connect(args) as client:
             reply = client.matte(pixels, format_code=code, model_id=args.model, options=opts,
                                  guide_mask=guide, progress=lambda s, f: _event(stage=s, progress=f))

@@ -26,6 +26,8 @@ def register(sub):
     p.add_argument("--max-pixels", type=int, default=Limits.max_pixels)
     p.add_argument("--concurrency", type=int, default=Limits.concurrency)
     p.add_argument("--queue", type=int, default=Limits.queue_depth)
+    p.add_argument("--deadline", type=float, default=Limits.deadline_s,
+                   help="seconds one request may take before it is stopped")
     p.add_argument("--no-warm", action="store_true", help="do not load the default model at start")
     p.add_argument("-v", "--verbose", dest="sub_verbose", action="store_true", help="debug logging")
     p.set_defaults(run=run)
@@ -46,7 +48,8 @@ def run(args) -> int:
     engine = Engine(catalog, provider=args.provider)
     daemon = Daemon(catalog, engine, Limits(max_pixels=args.max_pixels,
                                             concurrency=max(1, args.concurrency),
-                                            queue_depth=max(0, args.queue)))
+                                            queue_depth=max(0, args.queue),
+                                            deadline_s=args.deadline))
     if not args.no_warm:
         threading.Thread(target=_warm, args=(catalog, engine), daemon=True).start()
     cfg = ServeConfig(socket=args.socket.absolute() if args.socket else None, port=args.port,

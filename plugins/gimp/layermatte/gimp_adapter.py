@@ -1,0 +1,170 @@
+"""The only module of the GIMP plug-in that touches the GIMP API.
+
+It turns a GIMP layer into plain values (size, offsets, pixel bytes in a
+layermatte pixel format, existing mask bytes) and writes a matte back as a
+layer mask, a new cut-out layer or the selection. Everything else in the
+plug-in works on bytes and strings.
+"""
+import contextlib
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp  # noqa: E402
+
+# Sample type per image precision: (babl type, layermatte suffix, 16-bit matte?)
+_U8, _U16, _FLOAT = ("u8", "8", False), ("u16", "16", True), ("float", "F32", True)
+
+
+def _sample_type(image):
+    name = image.get_precision().value_nick  # e.g. "u8-non-linear", "half-linear"
+    if name.startswith("u8"):
+        return _U8
+    if name.startswith("u16"):
+        return _U16
+    return _FLOAT  # u32, half, float, double: read as 32-bit float
+
+
+def _rect(w, h, x=0, y=0):
+    return Gegl.Rectangle.new(x, y, w, h)
+
+
+def _get(drawable, babl, w, h):
+    return bytes(drawable.get_buffer().get(_rect(w, h), 1.0, babl, Gegl.AbyssPolicy.CLAMP))
+
+
+def mask_format(depth16):
+    # Masks and the selection are stored linear ("Y", not "Y'"): write a coverage value as is.
+    return "Y u16" if depth16 else "Y u8"
+
+
+def selected_layers(drawables):
+    """The layers the selected drawables stand for (a selected mask means its layer), in order,
+    each once. Raises ValueError for anything that is not a layer or a layer mask."""
+    layers, seen = [], set()
+    for d in drawables or []:
+        layer = Gimp.Layer.from_mask(d) if d.is_layer_mask() else d if d.is_layer() else None
+        if layer is None:
+            raise ValueError(f"'{d.get_name()}' is not a layer. Select one or more layers.")
+        if layer.get_id() not in seen:
+            seen.add(layer.get_id())
+            layers.append(layer)
+    if not layers:
+        raise ValueError("no layer is selected. Select one or more layers.")
+    return layers
+
+
+def layer_facts(layer):
+    return {"name": layer.get_name(), "has_mask": layer.get_mask() is not None}
+
+
+def read_layer(layer, with_mask=False):
+    """Plain values for one layer: its own pixels, whatever its offsets and type."""
+    image = layer.get_image()
+    babl_type, suffix, depth16 = _sample_type(image)
+    w, h = layer.get_width(), layer.get_height()
+    alpha = layer.has_alpha()
+    if layer.is_gray():
+        babl, fmt = ("Y'A " if alpha else "Y' ") + babl_type, ("GRAYA" if alpha else "GRAY")
+    else:  # RGB and indexed (babl converts palette entries)
+        babl, fmt = ("R'G'B'A " if alpha else "R'G'B' ") + babl_type, ("RGBA" if alpha else "RGB")
+    mask = layer.get_mask()
+    _, ox, oy = layer.get_offsets()
+    return dict(layer_facts(layer), width=w, height=h, offsets=(ox, oy), format=fmt + suffix,
+                pixels=_get(layer, babl, w, h), depth16=depth16,
+                mask=_get(mask, "Y u8", w, h) if (with_mask and mask is not None) else None)
+
+
+def write_mask(layer, matte, depth16, replace=False):
+    """Add a layer mask holding the matte (replacing an existing one when asked)."""
+    w, h = layer.get_width(), layer.get_height()
+    if layer.get_mask() is not None:
+        if not replace:
+            raise ValueError(f"layer '{layer.get_name()}' already has a layer mask")
+        layer.remove_mask(Gimp.MaskApplyMode.DISCARD)
+    mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+    layer.add_mask(mask)
+    buf = mask.get_buffer()
+    buf.set(_rect(w, h), mask_format(depth16), matte)
+    buf.flush()
+    mask.update(0, 0, w, h)
+    return mask
+
+
+def replace_mask_contents(layer, matte, depth16):
+    """Put the matte into the layer's existing mask, keeping its show/edit/apply state.
+
+    Done as remove + add (both undoable) rather than through the shadow buffer: merge_shadow
+    only applies inside the current selection, and the user may well have one."""
+    state = (layer.get_apply_mask(), layer.get_edit_mask(), layer.get_show_mask())
+    mask = write_mask(layer, matte, depth16, replace=True)
+    layer.set_apply_mask(state[0])
+    layer.set_edit_mask(state[1])
+    layer.set_show_mask(state[2])
+    return mask
+
+
+def write_new_layer(layer, matte, depth16):
+    """A copy of the layer above it, cut out by the matte (its alpha = layer alpha x matte)."""
+    image = layer.get_image()
+    new = layer.copy()
+    new.set_name(layer.get_name() + " (cutout)")
+    image.insert_layer(new, layer.get_parent(), image.get_item_position(layer))
+    if new.get_mask() is not None:
+        new.remove_mask(Gimp.MaskApplyMode.DISCARD)
+    if not new.has_alpha():
+        new.add_alpha()
+    write_mask(new, matte, depth16)
+    new.remove_mask(Gimp.MaskApplyMode.APPLY)
+    return new
+
+
+def write_selection(layer, matte, depth16):
+    """Replace the selection with the matte, placed at the layer's offsets (clipped to the canvas)."""
+    image = layer.get_image()
+    w, h = layer.get_width(), layer.get_height()
+    _, ox, oy = layer.get_offsets()
+    iw, ih = image.get_width(), image.get_height()
+    x0, y0, x1, y1 = max(ox, 0), max(oy, 0), min(ox + w, iw), min(oy + h, ih)
+    if x0 >= x1 or y0 >= y1:
+        raise ValueError(f"layer '{layer.get_name()}' lies outside the canvas; nothing to select")
+    bpp = 2 if depth16 else 1
+    canvas = bytearray(iw * ih * bpp)
+    for y in range(y0, y1):
+        src = ((y - oy) * w + (x0 - ox)) * bpp
+        canvas[(y * iw + x0) * bpp:(y * iw + x1) * bpp] = matte[src:src + (x1 - x0) * bpp]
+    # Written straight into the selection mask (linear "Y", like layer masks). A helper channel
+    # would not do: channels are stored non-linear ("Y'") and select_item copies their raw values.
+    Gimp.Selection.none(image)  # merge_shadow applies inside the current selection: clear it first
+    selection = image.get_selection()
+    shadow = selection.get_shadow_buffer()
+    shadow.set(_rect(iw, ih), mask_format(depth16), bytes(canvas))
+    shadow.flush()
+    selection.merge_shadow(True)
+    selection.update(0, 0, iw, ih)
+
+
+@contextlib.contextmanager
+def undo_group(image):
+    """Everything written inside is one undo step (one Ctrl+Z)."""
+    image.undo_group_start()
+    try:
+        yield
+    finally:
+        image.undo_group_end()
+        Gimp.displays_flush()
+
+
+def progress_start(text):
+    Gimp.progress_init(text)
+
+
+def progress(fraction, text=None):
+    if text:
+        Gimp.progress_set_text(text)
+    Gimp.progress_update(max(0.0, min(1.0, fraction)))
+
+
+def progress_end():
+    Gimp.progress_end()
