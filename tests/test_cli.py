@@ -171,3 +171,28 @@ def test_doctor_reports(daemon):
     assert r.returncode == 0
     assert "CPUExecutionProvider" in out and "running; loaded: isnet-general" in out
     assert "gimp" in out and "krita" in out
+
+
+def test_editor_client_gets_decontaminated_colours_on_both_transports(daemon, photos, monkeypatch):
+    """plugins/common/layermatte_lite.py: gRPC and the pipe fallback agree."""
+    import shutil
+    import tempfile
+    lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
+    shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
+    from layermatte.cli.install import descriptor_file
+    shutil.copy(descriptor_file(), lite_dir)
+    monkeypatch.syspath_prepend(str(lite_dir))
+    import layermatte_lite as lite
+    monkeypatch.setenv("LAYERMATTE_SOCKET", str(daemon.socket))
+    monkeypatch.setenv("LAYERMATTE_BIN", str(Path(sys.executable).parent / "layermatte"))
+    rgba = np.dstack([photos["cat"], np.full(photos["cat"].shape[:2], 255, np.uint8)])
+    h, w = rgba.shape[:2]
+    opts = {"foreground": True, "decontaminate": True}
+    m1, s1 = lite.matte(w, h, "RGBA8", rgba.tobytes(), options=opts)
+    monkeypatch.setenv("LAYERMATTE_TRANSPORT", "pipe")
+    m2, s2 = lite.matte(w, h, "RGBA8", rgba.tobytes(), options=opts)
+    assert m1 == m2 and s1["foreground"] == s2["foreground"]
+    fg = np.frombuffer(s1["foreground"], np.uint8).reshape(h, w, 3)
+    matte = np.frombuffer(m1, np.uint8).reshape(h, w)
+    band = (matte > 20) & (matte < 230)
+    assert band.sum() > 100 and np.abs(fg[band].astype(int) - photos["cat"][band]).mean() > 2

@@ -36,6 +36,7 @@ FORMATS = {"RGBA8": (1, 4), "RGB8": (2, 3), "GRAY8": (3, 1), "GRAYA8": (4, 2), "
            "RGBAF32": (10, 16), "GRAYAF32": (11, 8), "RGBF32": (12, 12), "GRAYF32": (13, 4)}
 OPTION_FLAGS = {"feather": "--feather", "shift": "--shift", "smooth": "--smooth",
                 "contrast": "--contrast"}
+QUALITY = {"fast": 0, "hq": 1}  # options["quality"] -> Refinement.quality
 
 
 class LayermatteError(Exception):
@@ -132,18 +133,19 @@ class _Grpc:
                     call.cancel()
                     return
         threading.Thread(target=watch, daemon=True).start()
-        out = bytearray()
+        out, fg = bytearray(), bytearray()
         summary = None
         try:
             for resp in call:
                 kind = resp.WhichOneof("kind")
                 if kind == "progress" and progress:
                     progress(resp.progress.stage, resp.progress.fraction)
-                elif kind == "chunk" and resp.chunk.plane == 2:
+                elif kind == "chunk" and resp.chunk.plane in (2, 3):
+                    target = out if resp.chunk.plane == 2 else fg
                     end = resp.chunk.offset + len(resp.chunk.data)
-                    if len(out) < end:
-                        out.extend(b"\0" * (end - len(out)))
-                    out[resp.chunk.offset:end] = resp.chunk.data
+                    if len(target) < end:
+                        target.extend(b"\0" * (end - len(target)))
+                    target[resp.chunk.offset:end] = resp.chunk.data
                 elif kind == "summary":
                     summary = {"model_id": resp.summary.model_id, "provider": resp.summary.provider,
                                "stage_ms": dict(resp.summary.stage_ms)}
@@ -157,6 +159,8 @@ class _Grpc:
             stop.set()
         if summary is None:
             raise LayermatteError("the daemon closed the connection before finishing")
+        if header.get("return_foreground"):
+            summary["foreground"] = bytes(fg)
         return bytes(out), summary
 
 
@@ -206,7 +210,9 @@ def matte(width: int, height: int, fmt: str, pixels: bytes, *, options: dict | N
           guide_mask: bytes | None = None, depth16: bool = False, progress=None, cancel=None,
           autostart: bool = True) -> tuple[bytes, dict]:
     """The layer's matte as width*height bytes (GRAY8, or GRAY16 little-endian
-    with depth16). options: model, feather, shift, smooth, contrast."""
+    with depth16). options: model, feather, shift, smooth, contrast, quality ("fast"/"hq"),
+    and foreground=True (+ decontaminate) to also get the cut-out's colours in
+    summary["foreground"]: RGB8 for 8-bit formats, RGB16 little-endian otherwise."""
     if fmt not in FORMATS:
         raise LayermatteError(f"unsupported pixel format {fmt}")
     code, bpp = FORMATS[fmt]
@@ -224,8 +230,10 @@ def matte(width: int, height: int, fmt: str, pixels: bytes, *, options: dict | N
         header = {"request_id": uuid.uuid4().hex[:12], "width": width, "height": height,
                   "format": code, "model_id": options.get("model", ""),
                   "matte_depth": 1 if depth16 else 0, "source": 1 if guide_mask is not None else 0,
-                  "refinement": {k + ("_px" if k in ("feather", "shift") else ""): float(options.get(k, 0))
-                                 for k in OPTION_FLAGS}}
+                  "refinement": dict({k + ("_px" if k in ("feather", "shift") else ""): float(options.get(k, 0))
+                                      for k in OPTION_FLAGS}, quality=QUALITY[options.get("quality") or "fast"])}
+        header["return_foreground"] = bool(options.get("foreground"))
+        header["refinement"]["decontaminate"] = bool(options.get("decontaminate"))
         planes = [(0, pixels)] + ([(1, guide_mask)] if guide_mask is not None else [])
         return client.matte(header, planes, progress, cancel)
     return _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, progress,
@@ -241,12 +249,19 @@ def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, pro
     for key, flag in OPTION_FLAGS.items():
         if options.get(key):
             cmd += [flag, str(float(options[key]))]
+    if options.get("quality"):
+        cmd += ["--quality", options["quality"]]
     if guide_mask is not None:
         cmd.append("--guide")
     if depth16:
         cmd.append("--depth16")
     if not autostart:
         cmd.append("--no-autostart")
+    want_fg = bool(options.get("foreground"))
+    if want_fg:
+        cmd.append("--foreground")
+        if options.get("decontaminate"):
+            cmd.append("--decontaminate")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     errors, summary = [], {}
@@ -275,7 +290,9 @@ def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, pro
     threads = [threading.Thread(target=read_events, daemon=True), threading.Thread(target=feed, daemon=True)]
     for t in threads:
         t.start()
-    out_size = width * height * (2 if depth16 else 1)
+    matte_size = width * height * (2 if depth16 else 1)
+    fg_size = width * height * 3 * (1 if fmt.endswith("8") else 2) if want_fg else 0
+    out_size = matte_size + fg_size
     chunks, got = [], 0
     while got < out_size:
         if cancel is not None and cancel.is_set():
@@ -291,4 +308,7 @@ def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, pro
     threads[0].join(5)
     if proc.returncode != 0 or got != out_size:
         raise LayermatteError(errors[-1] if errors else f"layermatte pipe failed (exit {proc.returncode})")
-    return b"".join(chunks), summary
+    data = b"".join(chunks)
+    if want_fg:
+        summary["foreground"] = data[matte_size:]
+    return data[:matte_size], summary

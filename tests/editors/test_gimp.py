@@ -114,6 +114,10 @@ def rgb():  # RGB photo without alpha, 8-bit: mask, xcf round trip, existing mas
     new = img.get_layers()[0]
     out['as_layer'].update(added=len(img.get_layers()) - n, name=new.get_name(), has_mask=bool(new.get_mask()),
                            rgba=dump('rgb-cutout', new, "R'G'B'A u8"))
+    before = {x.get_id() for x in img.get_layers()}
+    out['as_clean_layer'] = run(DIALOG, img, [L], output='layer', decontaminate=True)
+    clean = [x for x in img.get_layers() if x.get_id() not in before][0]
+    out['as_clean_layer'].update(rgba=dump('rgb-clean-cutout', clean, "R'G'B'A u8"))
     img.delete()
     return out
 
@@ -483,6 +487,13 @@ def test_new_layer_output_is_a_cutout(gimp, daemon):
     rgba = raw(gimp, lay["rgba"], np.uint8, px.shape[:2] + (4,))
     assert np.array_equal(rgba[..., :3], px)
     assert_close(rgba[..., 3], daemon_matte(daemon, px), TOL8)
+    ok(r["as_clean_layer"])
+    clean = raw(gimp, r["as_clean_layer"]["rgba"], np.uint8, px.shape[:2] + (4,))
+    band = (clean[..., 3] > 20) & (clean[..., 3] < 230)
+    assert band.sum() > 100
+    assert np.abs(clean[..., :3][band].astype(int) - px[band]).mean() > 2  # background tint removed
+    solid = clean[..., 3] == 255
+    assert np.abs(clean[..., :3][solid].astype(int) - px[solid]).max() <= 1
 
 
 def test_refine_without_mask_is_an_error(gimp):

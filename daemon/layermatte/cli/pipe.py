@@ -30,6 +30,10 @@ def register(sub):
     p.add_argument("--quality", choices=QUALITIES, default="fast")
     p.add_argument("--guide", action="store_true", help="a GRAY8 mask to refine follows the pixels")
     p.add_argument("--depth16", action="store_true", help="write a 16-bit little-endian matte")
+    p.add_argument("--foreground", action="store_true",
+                   help="after the matte, write the cut-out colours (RGB8, or RGB16 little-endian "
+                        "for deeper formats)")
+    p.add_argument("--decontaminate", action="store_true", help="remove background colour from edges")
     add_connection(p)
     p.set_defaults(run=run)
 
@@ -63,11 +67,15 @@ def run(args) -> int:
             guide = np.frombuffer(_read_exact(sys.stdin.buffer, args.width * args.height),
                                   np.uint8).reshape(args.height, args.width)
         opts = MatteOptions(edges=EdgeOptions(args.feather, args.shift, args.smooth, args.contrast),
-                            depth16=args.depth16, quality=args.quality)
+                            depth16=args.depth16, quality=args.quality,
+                            return_foreground=args.foreground,
+                            decontaminate=args.foreground and args.decontaminate)
         with connect(args) as client:
             reply = client.matte(pixels, format_code=code, model_id=args.model, options=opts,
                                  guide_mask=guide, progress=lambda s, f: _event(stage=s, progress=f))
-        sys.stdout.buffer.write(np.ascontiguousarray(reply.matte).astype(reply.matte.dtype.newbyteorder("<")).tobytes())
+        for plane in (reply.matte, reply.foreground):
+            if plane is not None:
+                sys.stdout.buffer.write(np.ascontiguousarray(plane, plane.dtype.newbyteorder("<")).tobytes())
         sys.stdout.buffer.flush()
         _event(summary=reply.summary)
         return 0

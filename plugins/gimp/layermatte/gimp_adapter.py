@@ -105,8 +105,18 @@ def replace_mask_contents(layer, matte, depth16):
     return mask
 
 
-def write_new_layer(layer, matte, depth16):
-    """A copy of the layer above it, cut out by the matte (its alpha = layer alpha x matte)."""
+def _rgb_under_alpha(rgb, rgba, sample_bytes):
+    """Interleave RGB colours with an RGBA buffer's alpha, in pure Python (the
+    editor's Python may have no numpy)."""
+    out, n = bytearray(rgba), sample_bytes
+    for byte in range(3 * n):
+        out[byte::4 * n] = rgb[byte::3 * n]
+    return bytes(out)
+
+
+def write_new_layer(layer, matte, depth16, colours=None, fmt="RGBA8"):
+    """A copy of the layer above it, cut out by the matte (its alpha = layer alpha x matte),
+    with the daemon's (decontaminated) colours when given."""
     image = layer.get_image()
     new = layer.copy()
     new.set_name(layer.get_name() + " (cutout)")
@@ -115,6 +125,13 @@ def write_new_layer(layer, matte, depth16):
         new.remove_mask(Gimp.MaskApplyMode.DISCARD)
     if not new.has_alpha():
         new.add_alpha()
+    if colours is not None:
+        n = 1 if fmt.endswith("8") else 2
+        babl = "R'G'B'A u8" if n == 1 else "R'G'B'A u16"
+        w, h = new.get_width(), new.get_height()
+        buf = new.get_buffer()
+        buf.set(_rect(w, h), babl, _rgb_under_alpha(colours, _get(new, babl, w, h), n))
+        buf.flush()
     write_mask(new, matte, depth16)
     new.remove_mask(Gimp.MaskApplyMode.APPLY)
     return new

@@ -68,7 +68,9 @@ def _matte(info, settings, report):
     driven from this (the plug-in's main) thread whatever thread the transport reports from."""
     state, box, cancel = {"stage": "", "fraction": 0.0}, {}, threading.Event()
     options = {"model": settings["model"], "feather": settings["feather"], "shift": settings["shift"],
-               "decontaminate": settings["decontaminate"]}
+               "decontaminate": settings["decontaminate"],
+               # A cut-out layer needs the (decontaminated) colours; masks need only the matte.
+               "foreground": settings["output"] == "layer"}
     guide = info["mask"] if settings["output"] == "refine" else None
 
     def progress(stage, fraction):
@@ -93,7 +95,8 @@ def _matte(info, settings, report):
             shown = now
     if "error" in box:
         raise box["error"]
-    return box["result"][0]
+    matte, summary = box["result"]
+    return matte, summary.get("foreground")
 
 
 def process(proc_name, image, drawables, settings):
@@ -120,11 +123,11 @@ def process(proc_name, image, drawables, settings):
     finally:
         ga.progress_end()
     with ga.undo_group(image):
-        for layer, info, matte in zip(layers, infos, mattes):
+        for layer, info, (matte, colours) in zip(layers, infos, mattes):
             if refine:
                 ga.replace_mask_contents(layer, matte, info["depth16"])
             elif settings["output"] == "layer":
-                ga.write_new_layer(layer, matte, info["depth16"])
+                ga.write_new_layer(layer, matte, info["depth16"], colours, info["format"])
             elif settings["output"] == "selection":
                 ga.write_selection(layer, matte, info["depth16"])  # the last layer's matte wins
             else:
