@@ -122,6 +122,10 @@ class Engine:
             so = ort.SessionOptions()
             so.intra_op_num_threads = self.threads
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # The CPU arena keeps every activation buffer of a 1024² run (~1.7 GB for
+            # ISNet) for the daemon's lifetime; without it idle RSS falls back to about
+            # the weights after each request (bench/RESULTS.md has the figures).
+            so.enable_cpu_mem_arena = False
             try:
                 session = ort.InferenceSession(str(path), so, providers=_provider_config(self.provider))
             except Exception as e:
