@@ -61,8 +61,10 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = RADIUS,
         size = (min(w, grid), min(h, grid))
         guide = cv2.resize(guide, size, interpolation=cv2.INTER_AREA)
         p = cv2.resize(p, size, interpolation=cv2.INTER_AREA)
-    I = guide.astype(np.float32)
-    p = p.astype(np.float32)
+    # float64: variances of a smooth guide are ~eps, and float32 box sums
+    # lose them to cancellation (unstable a: 8- vs 16-bit input disagreed).
+    I = guide.astype(np.float64)
+    p = p.astype(np.float64)
     mean_I = _box(I, radius)
     mean_p = _box(p, radius)
     cov_Ip = _box(I * p[..., None], radius) - mean_I * mean_p[..., None]
@@ -87,7 +89,7 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = RADIUS,
                   (c01 * cx + c11 * cy + c12 * cz) * inv_det,
                   (c02 * cx + c12 * cy + c22 * cz) * inv_det], axis=-1)
     b = mean_p - (a[..., 0] * mean_I[..., 0] + a[..., 1] * mean_I[..., 1] + a[..., 2] * mean_I[..., 2])
-    return GuidedCoefficients(_box(a, radius), _box(b, radius))
+    return GuidedCoefficients(_box(a, radius).astype(np.float32), _box(b, radius).astype(np.float32))
 
 
 def edge_gate(coarse: np.ndarray) -> np.ndarray:

@@ -1,0 +1,184 @@
+"""Edge quality against ground truth (bench/quality's generator), the refine
+command, the quality option on the wire, and the daemon's re-refine cache."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from layermatte import formats, pipeline, wire
+from layermatte.errors import InvalidInput
+from layermatte.pipeline import MatteOptions
+from layermatte.proto.layermatte.v1 import matting_pb2 as pb
+from layermatte.refine import EdgeOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from quality import metrics, testset  # noqa: E402
+
+RGB8 = formats.lookup(formats.BY_NAME["RGB8"])
+
+
+def refined(img, coarse, opts, repeat=1):
+    best, r = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r = pipeline.run(img, RGB8, opts, guide_mask=coarse, threads=2)
+        best = min(best, time.perf_counter() - t0)
+    return r, best / (img.shape[0] * img.shape[1] / 1e6)
+
+
+@pytest.fixture(scope="module")
+def hair():
+    """2048x1536 hair case (3 MP), matte degraded as the model's 1024 output."""
+    img, gt, fg = testset.make(testset.Case("hair", 2048, 1536))
+    return img, gt, fg, testset.degrade(gt), metrics.unknown_band(gt, 4)
+
+
+def test_testset_is_reproducible_and_has_the_hard_cases():
+    a = testset.make_alpha(testset.Case("hair", 640, 480, seed=3))
+    b = testset.make_alpha(testset.Case("hair", 640, 480, seed=3))
+    c = testset.make_alpha(testset.Case("hair", 640, 480, seed=4))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    partial = (a > 0.02) & (a < 0.98)
+    assert partial.sum() > 2000                       # antialiased strands, not a hard cut
+    glass = testset.make_alpha(testset.Case("glass", 640, 480))
+    inner = glass[(glass > 0.05) & (glass < 0.95)]
+    assert inner.min() < 0.3 and np.median(inner) > 0.2   # see-through body 0.2-0.8
+
+
+def test_default_and_hq_beat_bilinear_on_hair_by_the_targets(hair):
+    img, gt, _, coarse, band = hair
+    err = {}
+    for name, opts in [("bilinear", MatteOptions(plain_upsample=True)), ("fast", MatteOptions()),
+                       ("hq", MatteOptions(quality="hq"))]:
+        refined(img[:64, :64], coarse[:32, :32], opts)  # warm-up (numba, thread pool)
+        r, s_per_mp = refined(img, coarse, opts, repeat=2)
+        a = r.matte.astype(np.float32) / 255
+        err[name] = (metrics.sad(a, gt, band), metrics.gradient(a, gt, band), s_per_mp)
+    (bs, bg, _), (fs, fgr, ft), (hs, hg, ht) = err["bilinear"], err["fast"], err["hq"]
+    assert fs <= 0.8 * bs and fgr <= 0.7 * bg, err      # >= 20% SAD, >= 30% gradient
+    assert hs <= 0.6 * bs and hg <= 0.4 * bg, err       # >= 40% SAD, >= 60% gradient
+    assert hs < fs and hg < fgr, err
+    assert ft <= 0.5 and ht <= 2.0, err                 # s/MP on 2 threads
+
+
+def test_smooth_edges_stay_as_good_as_bilinear():
+    """Defocus: the coarse matte already draws the edge; no image texture may leak in."""
+    img, gt, _ = testset.make(testset.Case("defocus", 2048, 1536))
+    coarse, band = testset.degrade(gt), metrics.unknown_band(gt, 4)
+    sads = {}
+    for name, opts in [("bilinear", MatteOptions(plain_upsample=True)), ("fast", MatteOptions()),
+                       ("hq", MatteOptions(quality="hq"))]:
+        a = refined(img, coarse, opts)[0].matte.astype(np.float32) / 255
+        sads[name] = metrics.sad(a, gt, band)
+    assert max(sads["fast"], sads["hq"]) <= 1.1 * sads["bilinear"], sads
+
+
+def test_decontamination_halves_the_halo():
+    img, gt, fg = testset.make(testset.Case("fur", 2048, 1536))
+    r, _ = refined(img, testset.degrade(gt), MatteOptions(return_foreground=True, decontaminate=True))
+    edge = metrics.unknown_band(gt, 4) & (gt > 0.02) & (gt < 0.98)
+    before, after = metrics.halo(img, gt, fg, gt, edge), metrics.halo(r.foreground, gt, fg, gt, edge)
+    assert after <= 0.5 * before, (before, after)
+
+
+def test_metrics_match_their_definitions():
+    gt = np.zeros((40, 40), np.float32)
+    gt[10:30, 10:30] = 1
+    band = np.ones_like(gt, bool)
+    assert metrics.sad(gt, gt, band) == 0 == metrics.gradient(gt, gt, band)
+    off = gt.copy()
+    off[0, 0] = 0.5
+    assert metrics.sad(off, gt, band) == pytest.approx(0.5 / 1000)
+    assert metrics.mse(off, gt, band) == pytest.approx(0.25 / 1600)
+    island = gt.copy()
+    island[2:5, 2:5] = 1        # a blob not connected to the subject: connectivity error
+    assert metrics.connectivity_map(island, gt).sum() > 0 == metrics.connectivity_map(gt, gt).sum()
+
+
+def test_quality_on_the_wire():
+    h = wire.header_from_job(width=8, height=8, format_code=2, options=MatteOptions(quality="hq"))
+    assert h.refinement.quality == pb.REFINEMENT_QUALITY_HQ
+    assert wire.job_from_header(h).options.quality == "hq"
+    h.refinement.quality = 7
+    with pytest.raises(InvalidInput, match="quality"):
+        wire.job_from_header(h)
+    with pytest.raises(InvalidInput, match="quality"):
+        pipeline.run(np.zeros((8, 8, 3), np.uint8), RGB8, MatteOptions(quality="best"),
+                     guide_mask=np.zeros((8, 8), np.uint8))
+
+
+def lm(*args):
+    return subprocess.run([sys.executable, "-m", "layermatte", *map(str, args)],
+                          capture_output=True, timeout=120)
+
+
+def test_refine_command(tmp_path):
+    from PIL import Image
+    img, gt, _ = testset.make(testset.Case("hair", 1200, 900))
+    small = testset.degrade(gt, 400)                  # a model-sized matte, smaller than the image
+    Image.fromarray(img).save(tmp_path / "img.png")
+    Image.fromarray(small).save(tmp_path / "matte.png")
+    band = metrics.unknown_band(gt, 4)
+    bilinear = cv2.resize(small.astype(np.float32) / 255, (1200, 900), interpolation=cv2.INTER_LINEAR)
+    errs = []
+    for extra in ([], ["--quality", "hq"]):
+        r = lm("refine", tmp_path / "img.png", tmp_path / "matte.png", tmp_path / "out.png", *extra)
+        assert r.returncode == 0, r.stderr.decode()
+        out = np.asarray(Image.open(tmp_path / "out.png"))
+        assert out.shape == (900, 1200) and out.dtype == np.uint8
+        errs.append(metrics.sad(out.astype(np.float32) / 255, gt, band))
+        # The same code as the daemon's provided-mask path, in this process.
+        same = pipeline.run(img, RGB8, MatteOptions(quality=extra[1] if extra else "fast"),
+                            guide_mask=small).matte
+        assert np.abs(same.astype(int) - out).max() <= 1
+    assert errs[1] < errs[0] < 0.8 * metrics.sad(bilinear, gt, band), errs
+    r = lm("refine", tmp_path / "img.png", tmp_path / "matte.png", tmp_path / "cut.png",
+           "--decontaminate", "--feather", "1.5", "--shift", "-1")
+    assert r.returncode == 0, r.stderr.decode()
+    cut = np.asarray(Image.open(tmp_path / "cut.png"))
+    assert cut.shape == (900, 1200, 4)
+    r = lm("refine", tmp_path / "img.png", tmp_path / "missing.png", tmp_path / "x.png")
+    assert r.returncode == 2 and b"no such file" in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_re_refine_skips_the_model(daemon, photos, model_cache):
+    """Same layer again with other edge options: the cached coarse matte is
+    used, inference does not run, and the result equals a fresh run."""
+    layer = cv2.resize(photos["cat"], (611, 407), interpolation=cv2.INTER_AREA)  # a layer no other test sends
+    soft = MatteOptions(edges=EdgeOptions(feather_px=3), quality="hq")
+    with daemon.client() as c:
+        first = c.matte(layer)
+        again = c.matte(layer, options=soft)
+        other = c.matte(np.ascontiguousarray(layer[::-1]))          # different pixels: the model runs
+    assert first.summary["stage_ms"]["inference"] > 0 and first.summary["provider"]
+    assert again.summary["stage_ms"].get("inference", 0) == 0
+    assert again.summary["provider"] == "" and again.summary["model_id"] == "isnet-general"
+    assert other.summary["stage_ms"]["inference"] > 0
+    from layermatte.catalog import Catalog
+    from layermatte.engine import Engine
+    model, _ = Engine(Catalog(cache=model_cache)).load(None)
+    fresh = pipeline.run(layer, RGB8, soft, model=model).matte
+    assert np.abs(fresh.astype(int) - again.matte).max() <= 1
+    assert np.abs(first.matte.astype(int) - again.matte).mean() > 0.5   # the feather did apply
+
+
+def test_coarse_cache_is_bounded_and_expires():
+    from layermatte.daemon import CoarseCache
+    cache = CoarseCache(max_entries=2, ttl_s=60)
+    entry = lambda: pipeline.Coarse(np.zeros((4, 4), np.float32), np.zeros((4, 4, 3), np.float32))
+    keys = [CoarseCache.key(np.full((4, 4, 3), i, np.uint8), "RGB8", "m") for i in range(3)]
+    assert len(set(keys)) == 3
+    assert CoarseCache.key(np.zeros((4, 4, 3), np.uint8), "RGB8", "other") != keys[0]
+    for k in keys:
+        cache.put(k, entry())
+    assert cache.get(keys[0]) is None and cache.get(keys[2]) is not None
+    cache.ttl_s = 0
+    time.sleep(0.01)
+    assert cache.get(keys[2]) is None
