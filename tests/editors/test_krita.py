@@ -228,6 +228,8 @@ def outputs():
                     "masks": [m.name() for m in masks(layer)],
                     "mask": dump("cutout.mask", masks(layer)[0], [0, 0, W, H]) if masks(layer) else None}
     out["original_masks"] = len(masks(node))
+    clean = layermatte_krita.generate_mask(doc, node, output="layer", decontaminate=True)
+    out["clean_pixels"] = dump("clean.bgra", clean, [0, 0, W, H])
     doc.close()
     return out
 
@@ -738,7 +740,7 @@ def test_refine_existing_mask(krun, kenv, images, expected):
     assert (got != kenv["rough"]).mean() > 0.01, "refinement changed the rough mask"
 
 
-def test_selection_and_cutout_layer_outputs(krun, kenv, expected):
+def test_selection_and_cutout_layer_outputs(krun, kenv, expected, images):
     r = case(krun, "outputs")
     assert r["nodes_unchanged"], "output=selection adds no nodes"
     assert r["selection_rect"] == [0, 0, W, H]
@@ -749,6 +751,14 @@ def test_selection_and_cutout_layer_outputs(krun, kenv, expected):
     assert lay["siblings"] == [lay["original"], lay["name"]], "the cut-out goes right above the layer"
     assert r["original_masks"] == 0
     assert_matte(read_mask(kenv["work"], lay["mask"], W, H), expected("rgb8"), "cut-out layer mask")
+    # decontaminate=True: the cut-out's edge colours lose the background tint, the rest is kept
+    bgra = np.frombuffer((kenv["work"] / r["clean_pixels"]).read_bytes(), np.uint8).reshape(H, W, 4)
+    src, matte = images["rgb8"], expected("rgb8")
+    band, solid = (matte > 20) & (matte < 230), matte == 255
+    got = bgra[..., [2, 1, 0]].astype(int)
+    assert band.sum() > 100 and np.abs(got[band] - src[..., :3][band]).mean() > 2
+    assert np.abs(got[solid] - src[..., :3][solid]).max() <= 1
+    assert np.array_equal(bgra[..., 3], src[..., 3])
 
 
 def test_errors_leave_document_unchanged(krun):

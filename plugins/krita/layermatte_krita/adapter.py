@@ -89,13 +89,14 @@ def set_selection(document, layer: Layer, matte: bytes):
     return selection
 
 
-def add_cutout_layer(document, node, layer: Layer, matte: bytes):
-    """A new paint layer above node with node's pixels and the matte as its mask."""
+def add_cutout_layer(document, node, layer: Layer, matte: bytes, pixels: bytes | None = None):
+    """A new paint layer above node with node's pixels (or the given ones, e.g.
+    decontaminated colours) and the matte as its mask."""
     if (layer.model, layer.depth) != (document.colorModel(), document.colorDepth()):
         raise PluginError("a cut-out layer needs the layer in the document's colour space; "
                           "use the transparency mask output instead")
     copy = document.createNode(f"{layer.name} (cut-out)", "paintlayer")
-    copy.setPixelData(layer.pixels, layer.x, layer.y, layer.width, layer.height)
+    copy.setPixelData(pixels or layer.pixels, layer.x, layer.y, layer.width, layer.height)
     copy.addChildNode(_new_mask(document, layer, matte, MASK_NAME), None)
     node.parentNode().addChildNode(copy, node)
     document.waitForDone()

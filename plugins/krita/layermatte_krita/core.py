@@ -42,7 +42,7 @@ NATIVE = {
 }
 OUTPUTS = ("mask", "selection", "layer")
 DEFAULTS = {"model": "", "feather": 0.0, "shift": 0.0, "smooth": 0.0, "contrast": 0.0,
-            "output": "mask", "autostart": True}
+            "output": "mask", "decontaminate": False, "autostart": True}
 RANGES = {"feather": (0.0, 200.0), "shift": (-200.0, 200.0), "smooth": (0.0, 1.0),
           "contrast": (-1.0, 1.0)}
 
@@ -77,6 +77,7 @@ def normalize_options(options: dict | None) -> dict:
         out[key] = min(max(float(out[key]), lo), hi)
     out["model"] = str(out["model"] or "").strip()
     out["autostart"] = out["autostart"] not in (False, "false", "0", 0)
+    out["decontaminate"] = out["decontaminate"] not in (False, "false", "0", 0, "")
     if out["output"] not in OUTPUTS:
         raise PluginError(f"output must be one of {', '.join(OUTPUTS)}, not {out['output']!r}")
     return out
@@ -160,7 +161,21 @@ def linear_to_srgb(data: bytes, fmt: str, channels: int) -> bytes:
 
 
 def lite_options(options: dict) -> dict:
-    return {k: options[k] for k in ("model", "feather", "shift", "smooth", "contrast")}
+    out = {k: options[k] for k in ("model", "feather", "shift", "smooth", "contrast")}
+    if options["output"] == "layer":  # a cut-out layer gets the daemon's colours
+        out.update(foreground=True, decontaminate=options["decontaminate"])
+    return out
+
+
+def with_colours(layer: Layer, rgb: bytes) -> bytes:
+    """The layer's BGRA U8 pixels with the daemon's RGB8 colours (alpha kept).
+    Other depths keep their own colours: they may be linear-light, which the
+    daemon's sRGB-encoded colours are not."""
+    if (layer.model, layer.depth) != ("RGBA", "U8") or len(rgb) != layer.width * layer.height * 3:
+        return layer.pixels
+    out = bytearray(layer.pixels)
+    out[0::4], out[1::4], out[2::4] = rgb[2::3], rgb[1::3], rgb[0::3]
+    return bytes(out)
 
 
 def compute(lite, layer: Layer, options: dict, guide: bytes | None = None, depth16: bool = False,

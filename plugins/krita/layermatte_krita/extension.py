@@ -67,11 +67,13 @@ class OptionsDialog(QDialog):
         for key, label in OUTPUT_LABELS.items():
             self.output.addItem(label, key)
         self.output.setCurrentIndex(list(OUTPUT_LABELS).index(opts["output"]))
+        self.decontaminate = QCheckBox("Decontaminate colours (cut-out layer output, 8-bit RGB)")
+        self.decontaminate.setChecked(opts["decontaminate"])
         self.autostart = QCheckBox("Start the layermatte daemon when it is not running")
         self.autostart.setChecked(opts["autostart"])
         for label, widget in (("Model", self.model), ("Feather", self.feather), ("Shift edge", self.shift),
                               ("Smooth", self.smooth), ("Contrast", self.contrast), ("Output", self.output),
-                              ("", self.autostart)):
+                              ("", self.decontaminate), ("", self.autostart)):
             form.addRow(label, widget)
         form.addRow(QLabel("Refine Layer Mask uses feather, shift, smooth and contrast only."))
         buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
@@ -93,7 +95,7 @@ class OptionsDialog(QDialog):
         return {"model": self.model.currentText().strip(), "feather": self.feather.value(),
                 "shift": self.shift.value(), "smooth": self.smooth.value(),
                 "contrast": self.contrast.value(), "output": self.output.currentData(),
-                "autostart": self.autostart.isChecked()}
+                "decontaminate": self.decontaminate.isChecked(), "autostart": self.autostart.isChecked()}
 
 
 class Runner:

@@ -59,7 +59,8 @@ class Job:
         if output == "selection":
             return adapter.set_selection(self.document, self.layer, self.matte)
         if output == "layer":
-            return adapter.add_cutout_layer(self.document, self.node, self.layer, self.matte)
+            colours = core.with_colours(self.layer, self.summary.get("foreground", b""))
+            return adapter.add_cutout_layer(self.document, self.node, self.layer, self.matte, colours)
         return adapter.add_mask(self.document, self.node, self.layer, self.matte)
 
 
