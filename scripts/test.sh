@@ -3,7 +3,7 @@
 # pytest's "no tests collected" (exit 5) counts as a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh test || exit 1
+scripts/setup.sh test,ray || exit 1
 # In CI the editor tests must run, not skip.
 export LAYERMATTE_REQUIRE_EDITORS=${LAYERMATTE_REQUIRE_EDITORS:-${CI:+1}}
 .venv/bin/python -m pytest "$@"

@@ -4,10 +4,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..errors import InvalidInput
 from .common import add_connection, add_matte_options, connect, matte_options
 
 EXIT_FAILURES = 3
 FORMATS = ("png", "webp", "tiff", "psd")  # batch.OUTPUT_SUFFIX; not imported here to keep --help fast
+
+
+def _folder(s: str):
+    return s if "://" in s else Path(s)   # URLs (s3://...) are for --ray; Path would mangle them
 
 
 def register(sub):
@@ -16,13 +21,17 @@ def register(sub):
                                    "paths. Outputs that already exist are skipped (resume) unless --force. "
                                    f"Exit code 0: all done; {EXIT_FAILURES}: some images failed (listed); "
                                    "2: error.")
-    p.add_argument("input_dir", type=Path)
-    p.add_argument("output_dir", type=Path)
+    p.add_argument("input_dir", type=_folder)
+    p.add_argument("output_dir", type=_folder)
     p.add_argument("--format", choices=FORMATS, default="png",
                    help="png/webp/tiff cut-outs, or psd: original + masked cut-out layer (default: png)")
     p.add_argument("--jobs", type=int, default=2, metavar="N",
                    help="requests in flight at once; the daemon queues them (default: 2)")
     p.add_argument("--force", action="store_true", help="redo images whose output exists")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (pip install 'layermatte[ray]'), ADDRESS as ray.init takes it "
+                        "(auto, HOST:6379, ray://HOST:10001); none: a local Ray instance. Folders may then "
+                        "be s3:// (or other pyarrow/fsspec) URLs. Put it after the folders")
     add_matte_options(p)
     add_connection(p)
     p.set_defaults(run=run)
@@ -31,6 +40,11 @@ def register(sub):
 def run(args) -> int:
     from tqdm import tqdm
 
+    if args.ray is not None:
+        from .. import raybatch
+        return raybatch.main(args, matte_options(args, return_foreground=True))
+    if isinstance(args.input_dir, str) or isinstance(args.output_dir, str):
+        raise InvalidInput("URL folders need --ray")
     from .. import batch
     from ..batch import DaemonMatter
     jobs = batch.plan(args.input_dir, args.output_dir, args.format)
