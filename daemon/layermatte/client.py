@@ -151,8 +151,11 @@ class Client:
         if guide_mask is not None:
             planes.append((pb.PLANE_GUIDE_MASK, np.ascontiguousarray(guide_mask, np.uint8)))
 
+        streaming = threading.Event()  # the daemon took the header and asked for more
+
         def requests():
             yield pb.MatteRequest(header=header)
+            streaming.set()
             for plane, arr in planes:
                 view = memoryview(arr.view(np.uint8).reshape(-1))
                 for off in range(0, len(view), IN_CHUNK):
@@ -173,8 +176,10 @@ class Client:
             fg = np.empty((h, w, 3), np.uint8 if fmt.dtype == np.uint8 else np.uint16)
         targets = {pb.PLANE_MATTE: matte, pb.PLANE_FOREGROUND: fg}
         summary = None
+        answered = False
         try:
             for resp in call:
+                answered = True
                 kind = resp.WhichOneof("kind")
                 if kind == "progress" and progress:
                     progress(resp.progress.stage, resp.progress.fraction)
@@ -192,6 +197,10 @@ class Client:
         except grpc.RpcError as e:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("request cancelled") from None
+            if (answered or streaming.is_set()) and e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise DaemonUnavailable(f"the layermatte daemon at {self.address} stopped while "
+                                        f"working on this request ({e.details()}); start it again "
+                                        "with `layermatte serve`") from None
             raise _error(e, self.address) from None
         if summary is None:
             raise LayermatteError("the daemon closed the stream without a summary")

@@ -6,6 +6,7 @@ straight (un-premultiplied) alpha and are written atomically.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from .atomic import atomic_output
 from .errors import InvalidInput
 
 Image.MAX_IMAGE_PIXELS = 250_000_000  # decompression-bomb guard, same as the daemon's limit
+# Pillow only warns between 1x and 2x that limit (and decodes the image); read() refuses
+# at 1x itself, so the warning would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 OUTPUT_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
@@ -32,6 +36,9 @@ def read(path: Path) -> LoadedImage:
         raise InvalidInput(f"{path}: no such file")
     try:
         with Image.open(path) as im:
+            if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # before decoding anything
+                raise InvalidInput(f"{path}: {im.width}x{im.height} is {im.width * im.height:,} pixels; "
+                                   f"the limit is {Image.MAX_IMAGE_PIXELS:,} (decompression bomb?)")
             im.load()
             icc = im.info.get("icc_profile")
             orientation = im.getexif().get(0x0112, 1)

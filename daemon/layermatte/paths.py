@@ -7,6 +7,8 @@ from pathlib import Path
 
 import platformdirs
 
+from .errors import InvalidInput
+
 APP = "layermatte"
 
 
@@ -33,12 +35,13 @@ def default_socket() -> Path:
 def ensure_private_dir(path: Path) -> Path:
     """Create path as 0700 when missing. An existing folder keeps its mode (it
     may be a shared one such as /tmp, where the 0600 socket is the guard) but
-    must be ours or sticky, so nobody else can swap the socket."""
+    must be ours, or root's and sticky, so nobody else can swap the socket (the
+    owner of a sticky folder may still remove anything in it)."""
     if not path.exists():
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.chmod(0o700)
         return path
     st = path.stat()
-    if st.st_uid != os.getuid() and not st.st_mode & stat.S_ISVTX:
-        raise PermissionError(f"{path} belongs to another user; refusing to use it")
+    if st.st_uid != os.getuid() and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0):
+        raise InvalidInput(f"{path} belongs to another user; refusing to put the daemon's socket there")
     return path

@@ -31,6 +31,10 @@ from .errors import Busy, Cancelled, InvalidInput, LayermatteError, TooLarge
 from .pipeline import MatteOptions
 
 SUPPORTED_MODES = {ColorMode.RGB: "RGB", ColorMode.GRAYSCALE: "Grayscale"}
+# The daemon's default --max-pixels. Checked before decoding: psd-tools inflates a layer
+# to float32 (~13 bytes per pixel at the peak), so a small ZIP-compressed file could
+# otherwise take many GB before the daemon refuses the layer.
+MAX_LAYER_PIXELS = 250_000_000
 SIGNATURE = b"8BPS"
 # (pixels, options, progress) -> reply with .matte (HxW uint8, or uint16 when options.depth16)
 MatteFn = Callable[..., object]
@@ -262,6 +266,8 @@ def _one_layer(layer, name, depth, matte, opts, replace_masks, progress) -> Laye
         return skip("already has a layer mask (use --replace-masks)")
     if layer.has_mask() and layer.mask.has_real():
         return skip("its mask is combined with a vector mask; psd-tools cannot replace it")
+    if layer.width * layer.height > MAX_LAYER_PIXELS:
+        return skip(f"too large: {layer.width}x{layer.height} is more than {MAX_LAYER_PIXELS:,} pixels")
     try:
         pixels = layer_pixels(layer, depth)
     except MemoryError:

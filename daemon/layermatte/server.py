@@ -9,6 +9,7 @@ import queue
 import signal
 import threading
 import time
+import traceback
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,23 +56,35 @@ class MattingServicer(pb_grpc.MattingServicer):
         timer = threading.Timer(self.daemon.limits.deadline_s, expire)
         timer.daemon = True
         timer.start()
+        # Abort after the except blocks, not inside them: an exception kept alive there
+        # (chained to the abort) holds the failed request's frames and buffers in a
+        # reference cycle until the cyclic GC happens to run.
+        failure = None
         try:
             with self.daemon.admitted():
                 yield from self._matte(request_iterator, context, cancel, receiving)
         except Cancelled as e:
             if not timer.is_alive() and context.is_active():
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                              f"request took longer than the daemon's limit of "
-                              f"{self.daemon.limits.deadline_s:.0f} s (serve --deadline)")
-            _abort(context, e)
+                failure = (grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"request took longer than the daemon's limit of "
+                           f"{self.daemon.limits.deadline_s:.0f} s (serve --deadline)")
+            else:
+                failure = (grpc.StatusCode.CANCELLED, str(e))
         except LayermatteError as e:
             log.info("request failed: %s", e)
-            _abort(context, e)
+            failure = (getattr(grpc.StatusCode, e.grpc_code), str(e))
+        except grpc.RpcError as e:  # the request stream broke: the client cancelled or went away
+            log.info("request cancelled by the client while sending")
+            # grpc keeps this error in the call's state, and with it the frames that hold the
+            # partly received layer, until the cyclic GC runs: free those buffers now.
+            traceback.clear_frames(e.__traceback__)
         except Exception:
             log.exception("internal error")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error in the daemon (see its log)")
+            failure = (grpc.StatusCode.INTERNAL, "internal error in the daemon (see its log)")
         finally:
             timer.cancel()
+        if failure is not None:
+            context.abort(*failure)
 
     def _matte(self, requests, context, cancel, receiving):
         t0 = time.perf_counter()
@@ -143,7 +156,7 @@ class MattingServicer(pb_grpc.MattingServicer):
                 break
             yield pb.MatteResponse(progress=pb.Progress(stage=ev[0], fraction=ev[1]))
         if "error" in outcome:
-            raise outcome["error"]
+            raise outcome.pop("error")  # not kept in this frame: no reference cycle
         result = outcome["result"]
         planes.clear()  # free the received layer before sending
         pixels = guide = None
@@ -178,6 +191,71 @@ class MattingServicer(pb_grpc.MattingServicer):
             _abort(context, e)
         return pb.LoadModelResponse(model_id=model.spec.id, provider=model.provider,
                                     load_ms=model.load_ms if fresh else 0.0)
+
+
+class _Undecodable:
+    """Stands in for a request message that is not valid protobuf for its method."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class DecodeGuard(grpc.ServerInterceptor):
+    """grpc answers a request message that does not parse with INTERNAL
+    ("Exception deserializing request!") and logs a traceback; bytes a client
+    got wrong are INVALID_ARGUMENT, on every service of the daemon."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse, method = handler.request_deserializer, details.method
+
+        def safe(data):
+            try:
+                return parse(data)
+            except Exception as e:  # DecodeError, invalid UTF-8 in a string field, ...
+                return _Undecodable(e)
+
+        def refuse(context, bad):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{method}: request message is not valid protobuf ({bad.error})")
+
+        def checked(requests):
+            for r in requests:
+                if isinstance(r, _Undecodable):
+                    raise InvalidInput(f"{method}: request message is not valid protobuf ({r.error})")
+                yield r
+
+        if not handler.request_streaming:
+            name = "unary_stream" if handler.response_streaming else "unary_unary"
+            inner = getattr(handler, name)
+            if handler.response_streaming:
+                def behaviour(request, context):
+                    if isinstance(request, _Undecodable):
+                        refuse(context, request)
+                    yield from inner(request, context)
+            else:
+                def behaviour(request, context):
+                    if isinstance(request, _Undecodable):
+                        refuse(context, request)
+                    return inner(request, context)
+        else:
+            name = "stream_stream" if handler.response_streaming else "stream_unary"
+            inner = getattr(handler, name)
+            if handler.response_streaming:
+                def behaviour(requests, context):
+                    try:
+                        yield from inner(checked(requests), context)
+                    except InvalidInput as e:  # services that let it escape (reflection)
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            else:
+                def behaviour(requests, context):
+                    try:
+                        return inner(checked(requests), context)
+                    except InvalidInput as e:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return handler._replace(request_deserializer=safe, **{name: behaviour})
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
@@ -225,7 +303,7 @@ def is_loopback(host: str) -> bool:
 def _make_server(daemon: Daemon, health_servicer, interceptors=()) -> grpc.Server:
     cap = daemon.limits.concurrency + daemon.limits.queue_depth
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cap + 8, thread_name_prefix="rpc"),
-                         interceptors=interceptors, options=GRPC_OPTIONS,
+                         interceptors=[*interceptors, DecodeGuard()], options=GRPC_OPTIONS,
                          maximum_concurrent_rpcs=cap + 16)
     pb_grpc.add_MattingServicer_to_server(MattingServicer(daemon), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
