@@ -23,7 +23,7 @@ import argparse
 import os
 import platform
 import random
-import statistics
+import shutil
 import sys
 import threading
 import time
@@ -165,6 +165,7 @@ def references(cache: Path, inputs: list[Input]) -> tuple[dict[str, np.ndarray],
             ref = {i.name: c.matte(i.pixels, guide_mask=i.guide).matte for i in inputs}
     finally:
         stop_daemon(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
     return ref, time.perf_counter() - t0
 
 
@@ -232,6 +233,7 @@ def run_load(cache: Path, clients: int = 8, requests: int = 50, model_fraction: 
         assert d.alive(), "the daemon died under load"
     finally:
         stop_daemon(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
     return report
 
 
@@ -338,6 +340,7 @@ def run_memory(cache: Path, big=(12000, 9000), small: int = 6, foreground: bool 
         out["fg_mib"] = w * h * 3 / 2 ** 20 if foreground else 0
     finally:
         stop_daemon(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
     return out
 
 
@@ -367,6 +370,7 @@ def header_only(cache: Path, w: int = 8000, h: int = 8000) -> dict:
     finally:
         release.set()
         stop_daemon(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
 
 
 def memory_markdown(m: dict, fg: dict | None, hdr: dict | None) -> str:
@@ -404,7 +408,7 @@ def memory_markdown(m: dict, fg: dict | None, hdr: dict | None) -> str:
                   f"{hdr['before']} → {hdr['held']} MiB ({hdr['held'] - hdr['before']:+d} MiB). "
                   "server.py allocates each plane as `bytearray(n)` (zero-filled, so every page is "
                   "touched) right after the header is accepted. With the default limits, 9 admitted "
-                  "requests x 250 MP x 17 bytes could commit about 38 GiB before one pixel arrives."]
+                  "requests x 250 MP x 17 bytes could commit about 36 GiB before one pixel arrives."]
     return "\n".join(lines)
 
 

@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -122,6 +121,7 @@ def test_daemon_killed_mid_cut(model_cache, big_photo, tmp_path, delay):
     finally:
         d.proc.kill()
         stop_daemon(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["to-output", "in-place"])
@@ -148,6 +148,7 @@ def test_daemon_killed_mid_psd(model_cache, photos, tmp_path, in_place):
     finally:
         d.proc.kill()
         stop_daemon(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
 
 
 # -- the client dies mid-stream -------------------------------------------------------
@@ -220,6 +221,7 @@ def test_killed_clients_free_their_work(model_cache):
         assert "internal error" not in d.log.read_text()
     finally:
         stop_daemon(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
 
 
 # -- full disk, read-only folder --------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -77,6 +78,7 @@ def fz(model_cache):
     d = start_daemon(model_cache, "--max-pixels", str(MAX_PIXELS), "--no-warm")
     yield d
     stop_daemon(d)
+    shutil.rmtree(d.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
