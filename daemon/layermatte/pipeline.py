@@ -187,7 +187,8 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
             if alpha is not None and not opts.ignore_layer_alpha:
-                q = q * (alpha[a0:a1].astype(np.float32) * (1.0 / fmt.max_value))
+                # clip: float layers may carry alpha outside 0..1
+                q = q * np.clip(alpha[a0:a1].astype(np.float32) * (1.0 / fmt.max_value), 0.0, 1.0)
             q = q[y0 - a0: y0 - a0 + (y1 - y0)]
             matte[y0:y1] = (q * out_max + 0.5).astype(out_dtype)
             if fg is not None:

@@ -95,9 +95,11 @@ class MattingServicer(pb_grpc.MattingServicer):
         self.daemon.check_size(job)
         log.info("request %s: %dx%d %s model=%s", job.request_id or "-", job.width, job.height,
                  job.format.name, job.model_id or self.daemon.catalog.default_id)
-        planes = {pb.PLANE_PIXELS: bytearray(job.pixel_bytes)}
+        # np.empty, not bytearray: pages are committed as data arrives, so a header
+        # alone does not reserve the whole layer's memory.
+        planes = {pb.PLANE_PIXELS: np.empty(job.pixel_bytes, np.uint8)}
         if not job.use_model:
-            planes[pb.PLANE_GUIDE_MASK] = bytearray(job.guide_bytes)
+            planes[pb.PLANE_GUIDE_MASK] = np.empty(job.guide_bytes, np.uint8)
         # Tells the client it was admitted and the header accepted.
         yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.0))
         filled = {k: 0 for k in planes}
@@ -115,7 +117,7 @@ class MattingServicer(pb_grpc.MattingServicer):
             if at + len(data) > len(buf):
                 raise InvalidInput(f"too much data for plane {plane}: more than the {len(buf)} "
                                    f"bytes {job.width}x{job.height} {job.format.name} needs")
-            buf[at:at + len(data)] = data
+            buf[at:at + len(data)] = np.frombuffer(data, np.uint8)
             filled[plane] = at + len(data)
             got = sum(filled.values())
             if got >= next_report:
