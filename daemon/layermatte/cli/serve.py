@@ -29,6 +29,8 @@ def register(sub):
     p.add_argument("--deadline", type=float, default=Limits.deadline_s,
                    help="seconds one request may take before it is stopped")
     p.add_argument("--no-warm", action="store_true", help="do not load the default model at start")
+    p.add_argument("--low-memory", action="store_true",
+                   help="return inference memory after each request (CPU: ~15%% slower, ~1.5 GB less idle)")
     p.add_argument("-v", "--verbose", dest="sub_verbose", action="store_true", help="debug logging")
     p.set_defaults(run=run)
 
@@ -45,7 +47,7 @@ def _read_token(path: Path) -> str:
 def run(args) -> int:
     token = _read_token(args.token_file) if args.token_file else None
     catalog = Catalog()
-    engine = Engine(catalog, provider=args.provider)
+    engine = Engine(catalog, provider=args.provider, low_memory=args.low_memory)
     daemon = Daemon(catalog, engine, Limits(max_pixels=args.max_pixels,
                                             concurrency=max(1, args.concurrency),
                                             queue_depth=max(0, args.queue),
