@@ -39,11 +39,10 @@ def read(path: Path) -> LoadedImage:
             if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # before decoding anything
                 raise InvalidInput(f"{path}: {im.width}x{im.height} is {im.width * im.height:,} pixels; "
                                    f"the limit is {Image.MAX_IMAGE_PIXELS:,} (decompression bomb?)")
+            deep = im.mode.startswith("I;16") or im.mode == "I" or _sixteen_bit_tiles(im)
             im.load()
             icc = im.info.get("icc_profile")
             orientation = im.getexif().get(0x0112, 1)
-            deep = im.mode.startswith("I;16") or im.mode in ("I", "RGB;16", "RGBA;16") or (
-                im.format in ("PNG", "TIFF") and _is_16bit(path))
             if not deep:
                 im = ImageOps.exif_transpose(im)
                 if im.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -64,9 +63,14 @@ def read(path: Path) -> LoadedImage:
     return LoadedImage(_orient(np.ascontiguousarray(arr), orientation), icc)
 
 
-def _is_16bit(path: Path) -> bool:
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    return arr is not None and arr.dtype == np.uint16
+def _sixteen_bit_tiles(im: Image.Image) -> bool:
+    """Pillow opens 16-bit RGB(A) PNG/TIFF as 8-bit modes; the undecoded tiles'
+    raw mode ("RGB;16B", "RGBA;16N", ...) still tells, without decoding twice."""
+    for tile in im.tile:
+        raw = tile[3][0] if isinstance(tile[3], tuple) else tile[3]
+        if isinstance(raw, str) and ";16" in raw:
+            return True
+    return False
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:

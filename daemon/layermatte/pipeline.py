@@ -87,7 +87,7 @@ def low_res(pixels: np.ndarray, fmt: PixelFormat, w: int, h: int) -> np.ndarray:
     return formats.to_float(colour, fmt)
 
 
-def _postprocess(raw: np.ndarray, model: LoadedModel) -> np.ndarray:
+def postprocess(raw: np.ndarray, model: LoadedModel) -> np.ndarray:
     m = np.asarray(raw, np.float32).reshape(raw.shape[-2:])
     kind = model.spec.preprocess.output
     if kind == "sigmoid":
@@ -138,7 +138,7 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         check()
         with timer("inference"):
             progress("inference", 0.15)
-            coarse = Coarse(_postprocess(model.run(tensor, cancel), model), guide_low)
+            coarse = Coarse(postprocess(model.run(tensor, cancel), model), guide_low)
     elif guide_mask is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)

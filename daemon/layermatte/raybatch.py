@@ -190,7 +190,7 @@ class _Infer:
             if not row["error"]:
                 try:
                     tensor = np.frombuffer(row.pop("tensor"), np.float32).reshape(1, 3, s, s)
-                    coarse = pipeline._postprocess(self.model.run(tensor), self.model)
+                    coarse = pipeline.postprocess(self.model.run(tensor), self.model)
                 except Exception as e:
                     row["error"] = _describe(e)
             row.pop("tensor", None)
