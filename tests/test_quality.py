@@ -170,12 +170,22 @@ def test_re_refine_skips_the_model(daemon, photos, model_cache):
 
 
 def test_coarse_cache_is_bounded_and_expires():
+    from layermatte.catalog import Catalog
     from layermatte.daemon import CoarseCache
     cache = CoarseCache(max_entries=2, ttl_s=60)
     entry = lambda: pipeline.Coarse(np.zeros((4, 4), np.float32), np.zeros((4, 4, 3), np.float32))
-    keys = [CoarseCache.key(np.full((4, 4, 3), i, np.uint8), "RGB8", "m") for i in range(3)]
+    spec, other = Catalog().get(None), Catalog().get("u2netp")
+    digest = lambda img, s=spec: pipeline.model_input(img, RGB8, s).digest
+    keys = [digest(np.full((2048, 2048, 3), i, np.uint8)) for i in range(3)]
     assert len(set(keys)) == 3
-    assert CoarseCache.key(np.zeros((4, 4, 3), np.uint8), "RGB8", "other") != keys[0]
+    assert digest(np.zeros((2048, 2048, 3), np.uint8), other) != keys[0]
+    assert digest(np.zeros((2048, 2048, 3), np.uint8)) == keys[0]
+    # What the model cannot see does not change the key; what it can see does.
+    speck = np.zeros((2048, 2048, 3), np.uint8)
+    speck[5, 5] = 1          # averaged away over the 2x2 block the model input is made of
+    assert digest(speck) == keys[0]
+    speck[4:6, 4:6] = 9
+    assert digest(speck) != keys[0]
     for k in keys:
         cache.put(k, entry())
     assert cache.get(keys[0]) is None and cache.get(keys[2]) is not None

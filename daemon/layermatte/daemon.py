@@ -2,7 +2,6 @@
 and the matte call. No gRPC here; server.py adapts it."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -30,22 +29,16 @@ class Limits:
 
 
 class CoarseCache:
-    """The last few coarse mattes, keyed by a hash of the layer's pixels and
-    the model id, so re-refining a layer with other edge options (a plug-in's
-    dialog, `cut` again with --feather) skips the model. Bounded by entries
-    and bytes (~16 MB per entry at 1024x1024); entries expire after ttl_s."""
+    """The last few coarse mattes, keyed by the digest of the model's input
+    (pipeline.ModelInput.digest: model id, layer shape and the area-averaged
+    colour the model sees), so re-refining a layer with other edge options (a
+    plug-in's dialog, `cut` again with --feather) skips the model. Bounded by
+    entries and bytes (~16 MB per entry at 1024x1024); entries expire after ttl_s."""
 
     def __init__(self, max_entries: int = 4, max_bytes: int = 96 << 20, ttl_s: float = 600.0):
         self.max_entries, self.max_bytes, self.ttl_s = max_entries, max_bytes, ttl_s
         self._items: OrderedDict[bytes, tuple[float, pipeline.Coarse]] = OrderedDict()
         self._lock = threading.Lock()
-
-    @staticmethod
-    def key(pixels: np.ndarray, fmt_name: str, model_id: str) -> bytes:
-        h = hashlib.blake2b(digest_size=20)
-        h.update(f"{model_id}\0{fmt_name}\0{pixels.shape}\0".encode())
-        h.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))
-        return h.digest()
 
     def get(self, key: bytes) -> pipeline.Coarse | None:
         with self._lock:
@@ -112,29 +105,30 @@ class Daemon:
                 raise Cancelled("request cancelled while queued")
         try:
             queued_ms = (time.perf_counter() - t_wait) * 1000
-            model = coarse = key = None
-            load_ms = hash_ms = 0.0
+            model = coarse = prepared = None
+            load_ms = prep_ms = 0.0
             if job.use_model:
+                progress("preprocess", 0.07)
                 t0 = time.perf_counter()
-                model_id = job.model_id or self.catalog.default_id
-                key = self.cache.key(pixels, job.format.name, model_id)
-                coarse = self.cache.get(key)
-                hash_ms = (time.perf_counter() - t0) * 1000
+                spec = self.catalog.get(job.model_id or None)
+                prepared = pipeline.model_input(pixels, job.format, spec)
+                coarse = self.cache.get(prepared.digest)
+                prep_ms = (time.perf_counter() - t0) * 1000
             if job.use_model and coarse is None:
                 progress("load", 0.08)
                 t0 = time.perf_counter()
                 model, _ = self.engine.load(job.model_id or None)
                 load_ms = (time.perf_counter() - t0) * 1000
             result = pipeline.run(pixels, job.format, job.options, model=model, guide_mask=guide,
-                                  coarse=coarse, progress=progress, cancel=cancel,
+                                  coarse=coarse, prepared=prepared, progress=progress, cancel=cancel,
                                   threads=self.engine.threads)
             if coarse is not None:   # re-refine: the model did not run
-                result.model_id = model_id
-            elif key is not None and result.coarse is not None:
-                self.cache.put(key, result.coarse)
+                result.model_id = spec.id
+            elif prepared is not None and result.coarse is not None:
+                self.cache.put(prepared.digest, result.coarse)
             result.stage_ms.update(queue=queued_ms, load=load_ms)
-            if key is not None:  # hashing the layer for the cache
-                result.stage_ms["preprocess"] = result.stage_ms.get("preprocess", 0.0) + hash_ms
+            if prepared is not None:  # made here, before the cache lookup
+                result.stage_ms["preprocess"] = result.stage_ms.get("preprocess", 0.0) + prep_ms
             return result
         finally:
             self._slots.release()

@@ -7,6 +7,7 @@ The daemon, the in-process CLI (--local, refine) and the Ray batch all call run(
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from . import formats, refine
+from .catalog import ModelSpec
 from .engine import LoadedModel
 from .errors import Cancelled, InvalidInput
 from .formats import PixelFormat
@@ -61,30 +63,61 @@ class MatteResult:
     coarse: Coarse | None = None
 
 
-def model_tensor(pixels: np.ndarray, fmt: PixelFormat, model: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
-    """(NCHW float32 input tensor, low-res RGB guide 0..1 on the same grid)."""
-    pre = model.spec.preprocess
+@dataclass(frozen=True)
+class ModelInput:
+    """The model's input tensor and the guide on the same grid, made once per
+    layer. digest identifies the area-averaged colour both are computed from:
+    the model sees nothing else, so equal digests mean equal coarse mattes
+    (the daemon's re-refine key; hashing ~1 MP instead of the whole layer)."""
+    tensor: np.ndarray     # 1x3xSxS float32
+    guide: np.ndarray      # SxSx3 float32 0..1
+    digest: bytes
+
+
+def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> ModelInput:
+    pre = spec.preprocess
     s = pre.input_size
-    low = low_res(pixels, fmt, s, s)
-    rgb255 = low * 255.0
+    small = _area_colour(pixels, fmt, s, s)
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{spec.id}\0{fmt.name}\0{pixels.shape}\0{small.dtype}\0".encode())
+    h.update(memoryview(np.ascontiguousarray(small)).cast("B"))
+    low = formats.to_float(small, fmt)
+    # (v/max*255 - mean)/std as one multiply-add per plane, written straight
+    # into the NCHW tensor (no HxWx3 temporaries, no transpose copy).
+    planes = [small[..., min(c, small.shape[2] - 1)] for c in range(3)]
     if pre.channel_order == "BGR":
-        rgb255 = rgb255[..., ::-1]
-    t = (rgb255 - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return np.ascontiguousarray(t.transpose(2, 0, 1)[None], dtype=np.float32), low
+        planes = planes[::-1]
+    tensor = np.empty((1, 3, s, s), np.float32)
+    unit = 255.0 / (1.0 if fmt.dtype.kind == "f" else fmt.max_value)
+    for c, plane in enumerate(planes):
+        scale = unit / pre.std[c]
+        np.multiply(plane, np.float32(scale), out=tensor[0, c], casting="unsafe")
+        tensor[0, c] -= np.float32(pre.mean[c] / pre.std[c])
+    return ModelInput(tensor, low, h.digest())
 
 
-def low_res(pixels: np.ndarray, fmt: PixelFormat, w: int, h: int) -> np.ndarray:
-    """Area-averaged downscale of the colour channels to HxWx3 float 0..1."""
+def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(NCHW float32 input tensor, low-res RGB guide 0..1 on the same grid)."""
+    mi = model_input(pixels, fmt, spec)
+    return mi.tensor, mi.guide
+
+
+def _area_colour(pixels: np.ndarray, fmt: PixelFormat, w: int, h: int) -> np.ndarray:
+    """Area-averaged downscale of the colour channels, in the layer's dtype."""
     src = pixels if pixels.flags.c_contiguous else np.ascontiguousarray(pixels)
     # Integer-factor area averaging first (OpenCV's fast path), then the rest.
     fx, fy = src.shape[1] // w, src.shape[0] // h
     if fx >= 2 and fy >= 2:
         src = cv2.resize(src, (src.shape[1] // fx, src.shape[0] // fy), interpolation=cv2.INTER_AREA)
-    small = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA) if src.shape[:2] != (h, w) else src
     if small.ndim == 2:
         small = small[..., None]
-    colour, _ = formats.split(small, fmt)
-    return formats.to_float(colour, fmt)
+    return formats.split(small, fmt)[0]
+
+
+def low_res(pixels: np.ndarray, fmt: PixelFormat, w: int, h: int) -> np.ndarray:
+    """Area-averaged downscale of the colour channels to HxWx3 float 0..1."""
+    return formats.to_float(_area_colour(pixels, fmt, w, h), fmt)
 
 
 def postprocess(raw: np.ndarray, model: LoadedModel) -> np.ndarray:
@@ -114,10 +147,13 @@ def coarse_from_mask(pixels: np.ndarray, fmt: PixelFormat, mask: np.ndarray) -> 
 
 def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         model: LoadedModel | None = None, guide_mask: np.ndarray | None = None,
-        coarse: Coarse | None = None, progress: Progress = lambda stage, f: None,
+        coarse: Coarse | None = None, prepared: ModelInput | None = None,
+        progress: Progress = lambda stage, f: None,
         cancel: threading.Event | None = None, threads: int | None = None) -> MatteResult:
     """pixels: HxWxC view in `fmt`. Exactly one of model / guide_mask (any
-    size up to the layer's) / coarse (a cached earlier result)."""
+    size up to the layer's) / coarse (a cached earlier result). `prepared`:
+    the model's input when the caller has made it already (the daemon does,
+    for its cache key)."""
     cancel = cancel or threading.Event()
     h, w = pixels.shape[:2]
     timer = _StageTimer()
@@ -134,11 +170,11 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
     elif model is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)
-            tensor, guide_low = model_tensor(pixels, fmt, model)
+            prepared = prepared or model_input(pixels, fmt, model.spec)
         check()
         with timer("inference"):
             progress("inference", 0.15)
-            coarse = Coarse(postprocess(model.run(tensor, cancel), model), guide_low)
+            coarse = Coarse(postprocess(model.run(prepared.tensor, cancel), model), prepared.guide)
     elif guide_mask is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)
@@ -151,8 +187,8 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
     colour, alpha = formats.split(pixels, fmt)
 
     with timer("upsample"), ThreadPoolExecutor(max_workers=n) as pool:
-        gate = None if opts.plain_upsample else refine.edge_gate(coarse.matte)
-        coef = None if gate is None else refine.upsampling_coefficients(coarse.guide, coarse.matte, gate)
+        coef = None if opts.plain_upsample else refine.upsampling_coefficients(
+            coarse.guide, coarse.matte, pool=pool, bands=n)
 
         def raw(a0: int, a1: int, guide: np.ndarray) -> np.ndarray:
             if coef is None:
@@ -160,14 +196,14 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
             return refine.apply_guided(coef, guide, w, h, a0, a1)
 
         full = None
-        if opts.quality == "hq" and gate is not None:
+        if opts.quality == "hq" and coef is not None:
             full = np.empty((h, w), np.float32)
 
             def fill(y0: int, y1: int) -> None:
                 check()
                 full[y0:y1] = raw(y0, y1, formats.to_float(colour[y0:y1], fmt))
             _all(pool, fill, [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)])
-            _band_matting(pool, full, colour, fmt, refine.hq_weight(coarse.matte, gate), check, progress)
+            _band_matting(pool, full, colour, fmt, refine.hq_weight(coarse.matte, coef.gate), check, progress)
 
         out_dtype = np.uint16 if opts.depth16 else np.uint8
         out_max = 65535.0 if opts.depth16 else 255.0
@@ -187,16 +223,24 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
             if alpha is not None and not opts.ignore_layer_alpha:
-                # clip: float layers may carry alpha outside 0..1
-                q = q * np.clip(alpha[a0:a1].astype(np.float32) * (1.0 / fmt.max_value), 0.0, 1.0)
+                la = alpha[a0:a1].astype(np.float32) * np.float32(1.0 / fmt.max_value)
+                if fmt.dtype.kind == "f":   # float layers may carry alpha outside 0..1
+                    np.clip(la, 0.0, 1.0, out=la)
+                q = q * la
             q = q[y0 - a0: y0 - a0 + (y1 - y0)]
-            matte[y0:y1] = (q * out_max + 0.5).astype(out_dtype)
+            if out_dtype == np.uint8:   # q is in 0..1: OpenCV's rounding conversion, one pass
+                matte[y0:y1] = cv2.convertScaleAbs(q, alpha=255.0)
+            else:
+                matte[y0:y1] = (q * out_max + 0.5).astype(out_dtype)
             if fg is not None:
-                g = guide[y0 - a0: y0 - a0 + (y1 - y0)]
-                if opts.decontaminate:
-                    g = refine.estimate_foreground(g, q)
-                fmax = 255.0 if fg.dtype == np.uint8 else 65535.0
-                fg[y0:y1] = np.clip(g * fmax + 0.5, 0, fmax).astype(fg.dtype)
+                if not opts.decontaminate and colour.dtype == fg.dtype:
+                    fg[y0:y1] = colour[y0:y1]   # the layer's own colours (gray broadcast to RGB)
+                else:
+                    g = guide[y0 - a0: y0 - a0 + (y1 - y0)]
+                    if opts.decontaminate:
+                        g = refine.estimate_foreground(g, q)
+                    fmax = 255.0 if fg.dtype == np.uint8 else 65535.0
+                    fg[y0:y1] = np.clip(g * fmax + 0.5, 0, fmax).astype(fg.dtype)
             with lock:
                 done[0] += 1
                 progress("refine", 0.8 + 0.15 * done[0] / len(strips))

@@ -27,7 +27,6 @@ from collections import Counter
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -164,7 +163,7 @@ def _read(row: dict, *, src_root, out_root, fmt, options, spec) -> dict:
             except _Captured as c:
                 pixels = c.args[0]
         # model_tensor reads only the model's spec: no weights needed here
-        tensor, _ = pipeline.model_tensor(pixels, _pixel_format(pixels), SimpleNamespace(spec=spec))
+        tensor, _ = pipeline.model_tensor(pixels, _pixel_format(pixels), spec)
         row.update(tensor=tensor.tobytes(), data=data)
     except Exception as e:
         row["error"] = _describe(e, job, src_root)

@@ -34,6 +34,8 @@ class GuidedCoefficients:
 
     a: np.ndarray
     b: np.ndarray
+    gate: np.ndarray | None = None   # the edge gate folded in (see upsampling_coefficients)
+    ab: np.ndarray | None = None     # HxWx4: a and b side by side (a, b are views of it)
 
 
 def _box(x: np.ndarray, r: int) -> np.ndarray:
@@ -54,13 +56,31 @@ GATE_LO, GATE_HI = 2.6, 4.0
 
 
 def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int = RADIUS,
-                        eps: float = EPS, grid: int = GRID) -> GuidedCoefficients:
-    """Colour guided filter coefficients, with the 3x3 solve done in closed form."""
+                        eps: float = EPS, grid: int = GRID, pool=None, bands: int = 1) -> GuidedCoefficients:
+    """Colour guided filter coefficients, with the 3x3 solve done in closed form.
+    With a thread pool the solve runs in `bands` row bands: each band
+    reads 2·radius rows of context (two box filters deep), so the result is the
+    same as in one piece, and numpy's elementwise work is spread over the cores."""
     h, w = p.shape
     if max(h, w) > grid:
         size = (min(w, grid), min(h, grid))
         guide = cv2.resize(guide, size, interpolation=cv2.INTER_AREA)
         p = cv2.resize(p, size, interpolation=cv2.INTER_AREA)
+    h = p.shape[0]
+    n = bands if pool is not None else 1
+    if n < 2 or h < 64:
+        return _solve(guide, p, radius, eps)
+    m, cuts = 2 * radius, [h * i // n for i in range(n + 1)]
+
+    def band(y0: int, y1: int) -> GuidedCoefficients:
+        b0, b1 = max(0, y0 - m), min(h, y1 + m)
+        c = _solve(guide[b0:b1], p[b0:b1], radius, eps)
+        return GuidedCoefficients(c.a[y0 - b0:y1 - b0], c.b[y0 - b0:y1 - b0])
+    parts = [f.result() for f in [pool.submit(band, cuts[i], cuts[i + 1]) for i in range(n)]]
+    return GuidedCoefficients(np.concatenate([c.a for c in parts]), np.concatenate([c.b for c in parts]))
+
+
+def _solve(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> GuidedCoefficients:
     # float64: variances of a smooth guide are ~eps, and float32 box sums
     # lose them to cancellation (unstable a: 8- vs 16-bit input disagreed).
     I = guide.astype(np.float64)
@@ -114,18 +134,26 @@ def edge_gate(coarse: np.ndarray) -> np.ndarray:
 
 
 def upsampling_coefficients(guide_low: np.ndarray, coarse: np.ndarray,
-                            gate: np.ndarray | None = None) -> GuidedCoefficients:
+                            gate: np.ndarray | None = None, pool=None, bands: int = 1) -> GuidedCoefficients:
     """Guided-filter coefficients on the coarse matte's grid with the edge
     gate folded in (a·g, b·g + p·(1-g)), so applying them costs the same and
-    gives plain bilinear wherever the gate is 0."""
-    coef = guided_coefficients(guide_low, coarse)
+    gives plain bilinear wherever the gate is 0. With a thread pool, the gate
+    is computed beside the solve (both are mostly OpenCV, which drops the GIL)."""
+    pending = pool.submit(edge_gate, coarse) if gate is None and pool is not None else None
+    coef = guided_coefficients(guide_low, coarse, pool=pool, bands=bands)
     size = (coarse.shape[1], coarse.shape[0])
     a, b = coef.a, coef.b
     if b.shape != coarse.shape:
         a = cv2.resize(a, size, interpolation=cv2.INTER_LINEAR)
         b = cv2.resize(b, size, interpolation=cv2.INTER_LINEAR)
-    g = edge_gate(coarse) if gate is None else gate
-    return GuidedCoefficients(a * g[..., None], b * g + coarse * (1 - g))
+    g = gate if gate is not None else (pending.result() if pending else edge_gate(coarse))
+    # One 4-channel array (a_r, a_g, a_b, b): OpenCV warps 4 channels in one
+    # SIMD pass, ~3x faster than a 3-channel warp plus a 1-channel one.
+    ab = np.empty(coarse.shape + (4,), np.float32)
+    np.multiply(a, g[..., None], out=ab[..., :3])
+    np.multiply(b, g, out=ab[..., 3])
+    ab[..., 3] += coarse * (1 - g)
+    return GuidedCoefficients(ab[..., :3], ab[..., 3], g, ab)
 
 
 def resize_rows(low: np.ndarray, full_w: int, full_h: int, y0: int, y1: int,
@@ -134,8 +162,11 @@ def resize_rows(low: np.ndarray, full_w: int, full_h: int, y0: int, y1: int,
     (and columns x0..x1).
 
     Same pixel-centre convention as cv2.resize, so strips join seamlessly.
+    At scale 1 (layer as small as the model's grid) it is a read-only view.
     """
     x1 = full_w if x1 is None else x1
+    if low.shape[:2] == (full_h, full_w):
+        return low[y0:y1, x0:x1]
     sx = low.shape[1] / full_w
     sy = low.shape[0] / full_h
     m = np.array([[sx, 0, (x0 + 0.5) * sx - 0.5], [0, sy, (y0 + 0.5) * sy - 0.5]], np.float64)
@@ -145,12 +176,11 @@ def resize_rows(low: np.ndarray, full_w: int, full_h: int, y0: int, y1: int,
 
 def apply_guided(coef: GuidedCoefficients, guide_rows: np.ndarray, full_w: int, full_h: int,
                  y0: int, y1: int) -> np.ndarray:
-    a = resize_rows(coef.a, full_w, full_h, y0, y1)
-    b = resize_rows(coef.b, full_w, full_h, y0, y1)
-    q = a[..., 0] * guide_rows[..., 0]
-    q += a[..., 1] * guide_rows[..., 1]
-    q += a[..., 2] * guide_rows[..., 2]
-    q += b
+    ab = resize_rows(coef.ab, full_w, full_h, y0, y1)
+    q = ab[..., 0] * guide_rows[..., 0]
+    q += ab[..., 1] * guide_rows[..., 1]
+    q += ab[..., 2] * guide_rows[..., 2]
+    q += ab[..., 3]
     return np.clip(q, 0.0, 1.0, out=q)
 
 
