@@ -180,6 +180,12 @@ def refine():  # a rough hand-made mask (an ellipse from a selection), refined w
     out['dirty'] = img.is_dirty()
     out['mask'] = dump('refine-mask', L.get_mask(), 'Y u8')
     img.delete()
+    img = load('cat.png'); L = img.get_layers()[0]   # the same rough mask, refined in hq
+    img.select_ellipse(Gimp.ChannelOps.REPLACE, 60, 20, 240, 230)
+    L.add_mask(L.create_mask(Gimp.AddMaskType.SELECTION)); Gimp.Selection.none(img)
+    out['refine_hq'] = run(REFINE, img, [L], feather=1.0, quality='hq')
+    out['mask_hq'] = dump('refine-mask-hq', L.get_mask(), 'Y u8')
+    img.delete()
     return out
 '''
 
@@ -411,16 +417,17 @@ def layer_pixels(g, layer):
 _MATTES: dict = {}
 
 
-def daemon_matte(daemon, pixels, *, depth16=False, feather=0.0, guide=None):
+def daemon_matte(daemon, pixels, *, depth16=False, feather=0.0, guide=None, quality="fast"):
     """The daemon's own matte for these pixels (memoised: several checks share a layer)."""
     from layermatte.pipeline import MatteOptions
     from layermatte.refine import EdgeOptions
     key = (pixels.tobytes(), pixels.shape, str(pixels.dtype), depth16, feather,
-           None if guide is None else guide.tobytes())
+           None if guide is None else guide.tobytes(), quality)
     if key not in _MATTES:
         with daemon.client() as c:
             _MATTES[key] = c.matte(pixels, options=MatteOptions(edges=EdgeOptions(feather_px=feather),
-                                                                depth16=depth16), guide_mask=guide).matte
+                                                                depth16=depth16, quality=quality),
+                                   guide_mask=guide).matte
     return _MATTES[key]
 
 
@@ -569,6 +576,17 @@ def test_refine_mask_uses_existing_mask_as_guide(gimp, daemon):
     mask = raw(gimp, r["mask"], np.uint8, px.shape[:2])
     assert_close(mask, daemon_matte(daemon, px, feather=1.0, guide=rough), TOL8)
     assert np.abs(mask.astype(int) - rough).max() > 50, "refinement changed nothing"
+
+
+def test_refine_mask_hq_quality_reaches_the_daemon(gimp, daemon):
+    r = gimp["refine"]
+    ok(r["refine_hq"])
+    px = layer_pixels(gimp, r["layer"])
+    rough = raw(gimp, r["rough"], np.uint8, px.shape[:2])
+    hq = raw(gimp, r["mask_hq"], np.uint8, px.shape[:2])
+    assert_close(hq, daemon_matte(daemon, px, feather=1.0, guide=rough, quality="hq"), TOL8)
+    fast = raw(gimp, r["mask"], np.uint8, px.shape[:2])
+    assert (np.abs(hq.astype(int) - fast) > 8).sum() > 50, "hq gave the fast result: the option was lost"
 
 
 def test_one_ctrl_z_undoes_each_action_in_the_real_ui(gimp):

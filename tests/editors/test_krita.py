@@ -211,6 +211,9 @@ def refine():
     m = masks(node)
     out = {"names": [x.name() for x in m], "returned": new.name(),
            "mask": dump("refine.mask", m[0], [0, 0, W, H]) if m else None}
+    hq = layermatte_krita.refine_mask(doc, new, quality="hq")   # the refined mask, refined again in hq
+    out["hq_mask"] = dump("refine-hq.mask", masks(node)[0], [0, 0, W, H])
+    out["hq_returned"] = hq.name()
     doc.close()
     return out
 
@@ -547,13 +550,14 @@ class Expected:
         self.daemon, self.images, self.cache = daemon, images, {}
 
     def __call__(self, key: str, image: str | np.ndarray | None = None, feather: float = 0.0,
-                 guide: np.ndarray | None = None) -> np.ndarray:
+                 guide: np.ndarray | None = None, quality: str = "fast") -> np.ndarray:
         if key not in self.cache:
             from layermatte.pipeline import MatteOptions
             from layermatte.refine import EdgeOptions
             img = self.images[image or key] if not isinstance(image, np.ndarray) else image
             with self.daemon.client() as c:
-                self.cache[key] = c.matte(img, options=MatteOptions(edges=EdgeOptions(feather_px=feather)),
+                self.cache[key] = c.matte(img, options=MatteOptions(edges=EdgeOptions(feather_px=feather),
+                                                                    quality=quality),
                                           guide_mask=guide).matte
         return self.cache[key]
 
@@ -738,6 +742,12 @@ def test_refine_existing_mask(krun, kenv, images, expected):
     got = read_mask(kenv["work"], r["mask"], W, H)
     assert_matte(got, want, "refined mask")
     assert (got != kenv["rough"]).mean() > 0.01, "refinement changed the rough mask"
+    # quality="hq" reaches the daemon: the result is the daemon's hq refinement of that mask
+    assert r["hq_returned"] == "rough"
+    hq = read_mask(kenv["work"], r["hq_mask"], W, H)
+    assert_matte(hq, expected("refine-hq", "rgb8", guide=got, quality="hq"), "hq-refined mask")
+    assert (np.abs(hq.astype(int) - expected("refine-fast-again", "rgb8", guide=got)) > 8).sum() > 50, \
+        "hq gave the fast result: the option was lost"
 
 
 def test_selection_and_cutout_layer_outputs(krun, kenv, expected, images):
@@ -886,3 +896,12 @@ def test_core_pure_python_path_matches_numpy(model, depth, monkeypatch):
     k = {1: "u1", 2: "<u2", 4: "<f4"}[n]
     np.testing.assert_array_equal(np.frombuffer(lin, k).reshape(7, 9, ch)[..., -1],
                                   np.frombuffer(data, k).reshape(7, 9, ch)[..., -1])
+
+
+def test_core_quality_option_is_checked_and_passed_on():
+    core = _core()
+    opts = core.normalize_options({"quality": "HQ"})
+    assert opts["quality"] == "hq" and core.lite_options(opts)["quality"] == "hq"
+    assert core.normalize_options({})["quality"] == "fast"
+    with pytest.raises(core.PluginError, match="quality must be one of fast, hq"):
+        core.normalize_options({"quality": "best"})

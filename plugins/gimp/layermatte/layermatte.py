@@ -34,6 +34,7 @@ MODELS = [("default", "Daemon default (ISNet)"), ("isnet-general", "ISNet genera
           ("rmbg-1.4", "BRIA RMBG 1.4"), ("rmbg-2.0", "BRIA RMBG 2.0"), ("u2net", "U²-Net"),
           ("u2netp", "U²-Net small")]
 OUTPUTS = [("mask", "Layer mask"), ("layer", "New layer with the cutout"), ("selection", "Selection")]
+QUALITIES = [("fast", "Fast (edge-aware upsampling)"), ("hq", "High quality (matting on hair and fur edges, slower)")]
 TITLE = {PROC_REMOVE: "Remove Background (layermatte)", PROC_DIALOG: "Remove Background (layermatte)",
          PROC_REFINE: "Refine Mask (layermatte)"}
 
@@ -44,7 +45,8 @@ class UserError(Exception):
 
 # -- logic on plain values ---------------------------------------------------------------
 def _settings(proc_name, config):
-    s = {"feather": config.get_property("feather"), "shift": config.get_property("shift")}
+    s = {"feather": config.get_property("feather"), "shift": config.get_property("shift"),
+         "quality": config.get_property("quality")}
     if proc_name == PROC_REFINE:
         return dict(s, output="refine", replace=True, model="", decontaminate=False)
     model = config.get_property("model")
@@ -68,7 +70,7 @@ def _matte(info, settings, report):
     driven from this (the plug-in's main) thread whatever thread the transport reports from."""
     state, box, cancel = {"stage": "", "fraction": 0.0}, {}, threading.Event()
     options = {"model": settings["model"], "feather": settings["feather"], "shift": settings["shift"],
-               "decontaminate": settings["decontaminate"],
+               "quality": settings["quality"], "decontaminate": settings["decontaminate"],
                # A cut-out layer needs the (decontaminated) colours; masks need only the matte.
                "foreground": settings["output"] == "layer"}
     guide = info["mask"] if settings["output"] == "refine" else None
@@ -142,7 +144,8 @@ def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
 
 def run(procedure, run_mode, image, drawables, config, data):
     name = procedure.get_name()
-    if name == PROC_DIALOG and run_mode == Gimp.RunMode.INTERACTIVE:
+    # Refine Mask asks for its few options (feather, shift, quality) from the menu too.
+    if name in (PROC_DIALOG, PROC_REFINE) and run_mode == Gimp.RunMode.INTERACTIVE:
         gi.require_version("GimpUi", "3.0")
         from gi.repository import GimpUi
         GimpUi.init("layermatte")
@@ -186,7 +189,7 @@ class Layermatte(Gimp.PlugIn):
                                        | Gimp.ProcedureSensitivityMask.DRAWABLES)
         procedure.set_attribution("layermatte", "layermatte contributors", "2026")
         rw = GObject.ParamFlags.READWRITE
-        procedure.set_menu_label(TITLE[name] + ("..." if name == PROC_DIALOG else ""))
+        procedure.set_menu_label(TITLE[name] + ("..." if name in (PROC_DIALOG, PROC_REFINE) else ""))
         procedure.add_menu_path("<Image>/Layer/Mask")  # after set_menu_label, or GIMP refuses it
         if name == PROC_REFINE:
             procedure.set_documentation(
@@ -206,6 +209,9 @@ class Layermatte(Gimp.PlugIn):
                                       0.0, 100.0, 0.0, rw)
         procedure.add_double_argument("shift", "_Shift edge", "Move the edge outwards (+) or inwards (-), "
                                       "in layer pixels", -100.0, 100.0, 0.0, rw)
+        procedure.add_choice_argument("quality", "_Edge quality", "Fast, or high quality: alpha matting on "
+                                      "the uncertain edge band (hair, fur), about 2-4x the refinement time",
+                                      _choice(QUALITIES), "fast", rw)
         if name != PROC_REFINE:
             procedure.add_boolean_argument("decontaminate", "_Decontaminate colours",
                                            "Remove background colour fringes from cut-out colours",

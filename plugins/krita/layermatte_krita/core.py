@@ -41,8 +41,9 @@ NATIVE = {
     ("GRAYA", "F32"): ("GRAYAF32", 2, 4, False),
 }
 OUTPUTS = ("mask", "selection", "layer")
+QUALITIES = ("fast", "hq")   # hq: alpha matting on the uncertain edge band (hair, fur), slower
 DEFAULTS = {"model": "", "feather": 0.0, "shift": 0.0, "smooth": 0.0, "contrast": 0.0,
-            "output": "mask", "decontaminate": False, "autostart": True}
+            "quality": "fast", "output": "mask", "decontaminate": False, "autostart": True}
 RANGES = {"feather": (0.0, 200.0), "shift": (-200.0, 200.0), "smooth": (0.0, 1.0),
           "contrast": (-1.0, 1.0)}
 
@@ -80,6 +81,9 @@ def normalize_options(options: dict | None) -> dict:
     out["decontaminate"] = out["decontaminate"] not in (False, "false", "0", 0, "")
     if out["output"] not in OUTPUTS:
         raise PluginError(f"output must be one of {', '.join(OUTPUTS)}, not {out['output']!r}")
+    out["quality"] = str(out["quality"] or "fast").strip().lower()
+    if out["quality"] not in QUALITIES:
+        raise PluginError(f"quality must be one of {', '.join(QUALITIES)}, not {out['quality']!r}")
     return out
 
 
@@ -161,7 +165,7 @@ def linear_to_srgb(data: bytes, fmt: str, channels: int) -> bytes:
 
 
 def lite_options(options: dict) -> dict:
-    out = {k: options[k] for k in ("model", "feather", "shift", "smooth", "contrast")}
+    out = {k: options[k] for k in ("model", "feather", "shift", "smooth", "contrast", "quality")}
     if options["output"] == "layer":  # a cut-out layer gets the daemon's colours
         out.update(foreground=True, decontaminate=options["decontaminate"])
     return out

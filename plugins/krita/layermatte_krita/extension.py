@@ -24,6 +24,7 @@ STAGES = {"receive": "Sending the layer", "queue": "Waiting for the daemon", "lo
           "refine": "Refining edges", "decontaminate": "Cleaning edge colours",
           "send": "Receiving the matte", "done": "Done"}
 OUTPUT_LABELS = {"mask": "Transparency mask", "selection": "Selection", "layer": "New layer (cut-out)"}
+QUALITY_LABELS = {"fast": "Fast (edge-aware upsampling)", "hq": "High quality (matting on hair and fur, slower)"}
 
 
 def load_options() -> dict:
@@ -63,6 +64,10 @@ class OptionsDialog(QDialog):
         self.shift = self._spin(*core.RANGES["shift"], 1, opts["shift"], " px")
         self.smooth = self._spin(*core.RANGES["smooth"], 2, opts["smooth"], "")
         self.contrast = self._spin(*core.RANGES["contrast"], 2, opts["contrast"], "")
+        self.quality = QComboBox()
+        for key, label in QUALITY_LABELS.items():
+            self.quality.addItem(label, key)
+        self.quality.setCurrentIndex(list(QUALITY_LABELS).index(opts["quality"]))
         self.output = QComboBox()
         for key, label in OUTPUT_LABELS.items():
             self.output.addItem(label, key)
@@ -72,10 +77,11 @@ class OptionsDialog(QDialog):
         self.autostart = QCheckBox("Start the layermatte daemon when it is not running")
         self.autostart.setChecked(opts["autostart"])
         for label, widget in (("Model", self.model), ("Feather", self.feather), ("Shift edge", self.shift),
-                              ("Smooth", self.smooth), ("Contrast", self.contrast), ("Output", self.output),
+                              ("Smooth", self.smooth), ("Contrast", self.contrast),
+                              ("Edge quality", self.quality), ("Output", self.output),
                               ("", self.decontaminate), ("", self.autostart)):
             form.addRow(label, widget)
-        form.addRow(QLabel("Refine Layer Mask uses feather, shift, smooth and contrast only."))
+        form.addRow(QLabel("Refine Layer Mask uses feather, shift, smooth, contrast and edge quality only."))
         buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
@@ -94,7 +100,8 @@ class OptionsDialog(QDialog):
     def options(self) -> dict:
         return {"model": self.model.currentText().strip(), "feather": self.feather.value(),
                 "shift": self.shift.value(), "smooth": self.smooth.value(),
-                "contrast": self.contrast.value(), "output": self.output.currentData(),
+                "contrast": self.contrast.value(), "quality": self.quality.currentData(),
+                "output": self.output.currentData(),
                 "decontaminate": self.decontaminate.isChecked(), "autostart": self.autostart.isChecked()}
 
 
