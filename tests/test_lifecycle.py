@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import start_daemon, stop_daemon
+from conftest import start_daemon, stop_daemon, with_alpha
 from layermatte.client import Client
 from layermatte.errors import LayermatteError, ModelNotPulled
 from layermatte.server import probe
@@ -207,3 +207,44 @@ def test_corrupt_model_is_reported_not_loaded(model_cache, tmp_path):
         assert d.alive() and not bad.exists()  # deleted: the next pull fetches it again
     finally:
         stop_daemon(d)
+
+
+def _rss_mib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_idle_daemon_gives_inference_memory_back(model_cache, photos):
+    """After --idle-release seconds without requests the model's working memory
+    is returned; the next request still gets the same matte."""
+    d = start_daemon(model_cache, "--idle-release", "3")
+    try:
+        with d.client() as c:
+            first = c.matte(photos["coffee"]).matte
+            busy = _rss_mib(d.proc.pid)
+            deadline = time.monotonic() + 60
+            while "inference memory released" not in d.log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert "inference memory released" in d.log.read_text(), d.log.read_text()[-2000:]
+            idle = _rss_mib(d.proc.pid)
+            assert idle < busy - 300, (busy, idle)
+            # the same pixels as RGBA: not the cached coarse matte, so the model runs again
+            again = c.matte(with_alpha(photos["coffee"]))
+            assert again.summary["stage_ms"]["inference"] > 0
+            assert np.abs(again.matte.astype(int) - first).max() <= 1
+    finally:
+        stop_daemon(d)
+
+
+def test_memory_release_is_cancelled_by_a_request(model_cache):
+    from layermatte.catalog import Catalog
+    from layermatte.engine import Engine
+    engine = Engine(Catalog(cache=model_cache))
+    engine.load(None)
+    assert engine.holding                       # the warm-up run left its working set in the arena
+    arrived = threading.Event()
+    arrived.set()                               # a request is already waiting
+    assert engine.release_memory(arrived) is False and engine.holding
+    assert engine.release_memory(threading.Event()) is True and not engine.holding

@@ -26,6 +26,7 @@ class Limits:
     concurrency: int = 1              # inference uses every core already
     queue_depth: int = 8              # admitted but waiting
     deadline_s: float = 600.0
+    idle_release_s: float = 60.0      # idle this long: inference memory goes back (0: never)
 
 
 class CoarseCache:
@@ -75,6 +76,32 @@ class Daemon:
         self._admitted = 0
         self._admit_lock = threading.Lock()
         self._slots = threading.Semaphore(limits.concurrency)
+        self._arrived = threading.Event()    # set by each admission: stops an idle release
+        self._last_busy = time.monotonic()
+        self.releases = 0
+        if limits.idle_release_s > 0:
+            threading.Thread(target=self._idle_loop, name="idle-release", daemon=True).start()
+
+    def _idle_loop(self) -> None:
+        """Once the daemon has been idle for idle_release_s, give the model's
+        working memory back (Engine.release_memory), once per idle period."""
+        while True:
+            wait = self.limits.idle_release_s - (time.monotonic() - self._last_busy)
+            if wait > 0:
+                time.sleep(min(wait, 5.0))
+                continue
+            self._arrived.clear()   # before the checks: an admission from here on stops the release
+            if not self.engine.holding or self._admitted or not self._slots.acquire(blocking=False):
+                time.sleep(1.0)
+                continue
+            try:
+                t0 = time.perf_counter()
+                if self.engine.release_memory(self._arrived):
+                    self.releases += 1
+                    log.info("idle for %.0f s: inference memory released (%.0f ms)",
+                             self.limits.idle_release_s, (time.perf_counter() - t0) * 1000)
+            finally:
+                self._slots.release()
 
     def check_size(self, job: MatteJob) -> None:
         if job.width * job.height > self.limits.max_pixels:
@@ -90,11 +117,13 @@ class Daemon:
                 raise Busy(f"daemon busy: {self._admitted} requests in progress or queued "
                            f"(limit {cap}); try again shortly")
             self._admitted += 1
+            self._arrived.set()
         try:
             yield
         finally:
             with self._admit_lock:
                 self._admitted -= 1
+                self._last_busy = time.monotonic()
 
     def matte(self, job: MatteJob, pixels: np.ndarray, guide: np.ndarray | None,
               progress: pipeline.Progress, cancel: threading.Event) -> pipeline.MatteResult:
