@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -76,6 +77,8 @@ class Daemon:
         self._admitted = 0
         self._admit_lock = threading.Lock()
         self._slots = threading.Semaphore(limits.concurrency)
+        # Refinement workers live as long as the daemon (not a pool per request).
+        self._pool = ThreadPoolExecutor(max_workers=engine.threads, thread_name_prefix="refine")
         self._arrived = threading.Event()    # set by each admission: stops an idle release
         self._last_busy = time.monotonic()
         self.releases = 0
@@ -150,7 +153,7 @@ class Daemon:
                 load_ms = (time.perf_counter() - t0) * 1000
             result = pipeline.run(pixels, job.format, job.options, model=model, guide_mask=guide,
                                   coarse=coarse, prepared=prepared, progress=progress, cancel=cancel,
-                                  threads=self.engine.threads)
+                                  threads=self.engine.threads, pool=self._pool)
             if coarse is not None:   # re-refine: the model did not run
                 result.model_id = spec.id
             elif prepared is not None and result.coarse is not None:

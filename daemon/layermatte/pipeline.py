@@ -149,7 +149,8 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         model: LoadedModel | None = None, guide_mask: np.ndarray | None = None,
         coarse: Coarse | None = None, prepared: ModelInput | None = None,
         progress: Progress = lambda stage, f: None,
-        cancel: threading.Event | None = None, threads: int | None = None) -> MatteResult:
+        cancel: threading.Event | None = None, threads: int | None = None,
+        pool: ThreadPoolExecutor | None = None) -> MatteResult:
     """pixels: HxWxC view in `fmt`. Exactly one of model / guide_mask (any
     size up to the layer's) / coarse (a cached earlier result). `prepared`:
     the model's input when the caller has made it already (the daemon does,
@@ -184,9 +185,20 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
     check()
     progress("upsample", 0.6)
     n = threads or os.cpu_count() or 1
+    own_pool = pool is None
+    pool = pool or ThreadPoolExecutor(max_workers=n)
+    try:
+        return _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress)
+    finally:
+        if own_pool:
+            pool.shutdown()
+
+
+def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -> MatteResult:
+    h, w = pixels.shape[:2]
     colour, alpha = formats.split(pixels, fmt)
 
-    with timer("upsample"), ThreadPoolExecutor(max_workers=n) as pool:
+    with timer("upsample"):
         coef = None if opts.plain_upsample else refine.upsampling_coefficients(
             coarse.guide, coarse.matte, pool=pool, bands=n)
 
