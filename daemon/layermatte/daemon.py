@@ -94,17 +94,15 @@ class Daemon:
                 time.sleep(min(wait, 5.0))
                 continue
             self._arrived.clear()   # before the checks: an admission from here on stops the release
-            if not self.engine.holding or self._admitted or not self._slots.acquire(blocking=False):
+            if not self.engine.holding or self._admitted:
                 time.sleep(1.0)
                 continue
-            try:
-                t0 = time.perf_counter()
-                if self.engine.release_memory(self._arrived):
-                    self.releases += 1
-                    log.info("idle for %.0f s: inference memory released (%.0f ms)",
-                             self.limits.idle_release_s, (time.perf_counter() - t0) * 1000)
-            finally:
-                self._slots.release()
+            # No slot is taken: a request that starts meanwhile keeps the session it began with.
+            t0 = time.perf_counter()
+            if self.engine.release_memory(self._arrived):
+                self.releases += 1
+                log.info("idle for %.0f s: inference memory released (%.0f ms)",
+                         self.limits.idle_release_s, (time.perf_counter() - t0) * 1000)
 
     def check_size(self, job: MatteJob) -> None:
         if job.width * job.height > self.limits.max_pixels:

@@ -5,6 +5,7 @@ TensorRT, CUDA, DirectML, CoreML, CPU, unless the user names one.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from . import prune
 from .catalog import Catalog, ModelSpec
 from .errors import Cancelled, InvalidInput, LayermatteError
 
@@ -65,10 +67,16 @@ def session_options(threads: int) -> ort.SessionOptions:
     onnxruntime's worker threads spin between the operators of a run, which
     keeps a run fast (turning spinning off cost ~9% here), and by default go
     on spinning for a while after Run() returns, on the cores refinement
-    needs next. force_spinning_stop keeps the first and ends the second."""
+    needs next. force_spinning_stop keeps the first and ends the second.
+
+    The CPU arena stays on: a 1024² ISNet run is ~35% faster than with plain
+    malloc. Memory patterns are off: with them the second run preallocates
+    its traced pattern beside the first run's arena chunks (2.1 GB resident
+    for ISNet instead of 1.3 GB), for no measurable speed."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_mem_pattern = False
     so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
@@ -80,20 +88,14 @@ class LoadedModel:
     provider: str
     input_name: str
     load_ms: float
-
-    low_memory: bool = False
-    holding: bool = False   # the arena keeps the last run's working set
+    source: str = ""        # the file the session was built from (see prune.py)
     output_index: int = 0   # of the matte among the session's outputs
+    holding: bool = False   # the arena keeps a run's working set (see Engine.release_memory)
 
-    def run(self, tensor: np.ndarray, cancel: threading.Event | None = None,
-            shrink: bool | None = None) -> np.ndarray:
-        """Run on a ready NCHW tensor; a set cancel event terminates the run.
-        shrink: hand the CPU arena's free chunks back when the run ends
-        (default: the engine's low_memory setting)."""
+    def run(self, tensor: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
+        """Run on a ready NCHW tensor; a set cancel event terminates the run."""
         opts = ort.RunOptions()
-        shrink = self.low_memory if shrink is None else shrink
-        if shrink:
-            opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        session = self.session   # Engine.release_memory may swap in a fresh one meanwhile
         watcher = None
         if cancel is not None:
             if cancel.is_set():
@@ -108,7 +110,7 @@ class LoadedModel:
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
         try:
-            out = self.session.run(None, {self.input_name: tensor}, opts)
+            out = session.run(None, {self.input_name: tensor}, opts)
         except Exception as e:  # onnxruntime raises its own Fail on terminate
             if cancel is not None and cancel.is_set():
                 raise Cancelled("request cancelled during inference") from None
@@ -116,14 +118,12 @@ class LoadedModel:
         finally:
             if watcher is not None:
                 done.set()
-        self.holding = not shrink
+        self.holding = True
         return out[self.output_index]
 
 
 class Engine:
-    def __init__(self, catalog: Catalog, provider: str | None = None, threads: int | None = None,
-                 low_memory: bool = False):
-        self.low_memory = low_memory
+    def __init__(self, catalog: Catalog, provider: str | None = None, threads: int | None = None):
         self.catalog = catalog
         self.provider, reason = choose_provider(provider)
         log.info("execution provider: %s (%s)", self.provider, reason)
@@ -145,42 +145,52 @@ class Engine:
                 return self._models[key], False
             t0 = time.perf_counter()
             # A corrupt cache file must never be loaded: check once per process.
-            self.catalog.verify(spec.id)
-            so = session_options(self.threads)
-            # The CPU arena makes a 1024² ISNet run ~35% faster than plain malloc
-            # (1.67 s vs 2.28 s on 2 cores) but keeps ~1.7 GB of activations; with
-            # low_memory the arena is shrunk after each run (~1.95 s, idle ~0.6 GB).
+            digest = self.catalog.verify(spec.id)
+            pruned = self.catalog.cache / f"{spec.id}.{digest[:16]}.matte-only.onnx"
+            source, out_index = prune.matte_only(path, spec.preprocess.output_index, pruned)
             try:
-                source, out_index = _only_used_output(path, spec.preprocess.output_index)
-                session = ort.InferenceSession(source, so, providers=_provider_config(self.provider))
+                try:
+                    session = self._session(source)
+                except Exception:
+                    if source == path:
+                        raise
+                    pruned.unlink(missing_ok=True)   # a damaged derived copy: use the download
+                    source, out_index = path, spec.preprocess.output_index
+                    session = self._session(source)
             except Exception as e:
                 raise LayermatteError(f"cannot load model {spec.id} from {path}: {e} "
                                       f"(run `layermatte models verify {spec.id}`)") from e
-            inp = session.get_inputs()[0]
-            model = LoadedModel(spec, session, session.get_providers()[0], inp.name, 0.0,
-                                low_memory=self.low_memory, output_index=out_index)
+            model = LoadedModel(spec, session, session.get_providers()[0], session.get_inputs()[0].name,
+                                0.0, source=str(source), output_index=out_index)
             self._warm(model)
             model.load_ms = (time.perf_counter() - t0) * 1000
             log.info("loaded model %s on %s in %.0f ms", spec.id, model.provider, model.load_ms)
             self._models[key] = model
             return model, True
 
+    def _session(self, source) -> ort.InferenceSession:
+        return ort.InferenceSession(str(source), session_options(self.threads),
+                                    providers=_provider_config(self.provider))
+
     def release_memory(self, cancel: threading.Event) -> bool:
         """Give inference memory back to the system while the daemon is idle.
 
-        onnxruntime's CPU arena keeps a run's working set (~0.8-1.7 GB for
-        ISNet at 1024²) so the next run skips the page faults (35% faster);
-        an idle daemon should not hold it. The arena only shrinks at the end
-        of a run, so this is one run per model on a blank input; a request
-        that arrives meanwhile sets `cancel`, which stops it within ~50 ms.
-        Then freed heap pages go back too (glibc's malloc_trim). False when
-        cancelled (nothing is lost; the next idle period tries again)."""
+        The CPU arena keeps a run's working set (~1.3 GB for ISNet at 1024²)
+        and only ever gives back chunks that are wholly free, so a fresh
+        session (~0.5 s to build, weights only) takes each model's place; the
+        old one, with its arena, is dropped and freed heap pages go back to
+        the OS (glibc's malloc_trim). The next run pays for growing the arena
+        again (~0.2 s on 2 cores). A run in progress keeps its session until
+        it ends. False when `cancel` (a request arriving) was set first."""
         for model in list(self._models.values()):
-            s = model.spec.preprocess.input_size
-            try:
-                model.run(np.zeros((1, 3, s, s), np.float32), cancel, shrink=True)
-            except Cancelled:
+            if cancel.is_set():
                 return False
+            if not model.holding:
+                continue
+            fresh = self._session(model.source)
+            model.session, model.holding = fresh, False
+            del fresh
+        gc.collect()
         _malloc_trim()
         return True
 
@@ -195,27 +205,6 @@ class Engine:
         lazy kernel/allocation set-up (large on GPU providers)."""
         s = model.spec.preprocess.input_size
         model.run(np.zeros((1, 3, s, s), np.float32))
-
-
-def _only_used_output(path, index: int) -> tuple[str | bytes, int]:
-    """The model with only the output the pipeline reads (source, its index).
-
-    ISNet also returns five side mattes and six feature maps; as graph
-    outputs onnxruntime computes and copies them all. Dropped here (in
-    memory: the verified file is untouched), their branches are removed from
-    the graph: ~3-5% less inference time on CPU. Without the onnx package,
-    or for a single-output model, the file is loaded as it is."""
-    try:
-        import onnx
-    except ImportError:
-        return str(path), index
-    m = onnx.load(str(path))
-    outputs = list(m.graph.output)
-    if len(outputs) <= 1 or index >= len(outputs):
-        return str(path), index
-    del m.graph.output[:]
-    m.graph.output.append(outputs[index])
-    return m.SerializeToString(), 0
 
 
 def _malloc_trim() -> None:
