@@ -196,7 +196,10 @@ def write(path: Path, rows, rounds: int) -> None:
         lines.append(f"| {w}×{h} | " + " | ".join(f"{stages.get(k, 0):.0f}" for k in order) + " |")
     lines += ["", "Targets on CPU: issue 3 — daemon ≤ 1.15× model at 1024², ≤ 1.5× at 6000×4000, faster "
               "than rembg at every size; issue 9 — ≤ 1.1× at 1024², ≤ 1.3× at 6000×4000, ≥ 1.3× faster than "
-              "rembg at 4096² and ≥ 5× faster than rembg alpha_matting at 4096².", ""]
+              "rembg at 4096² and ≥ 5× faster than rembg alpha_matting at 4096².", "",
+              "GPU (issue 9): these are CPU figures. The CUDA/TensorRT figures are pending: no "
+              "accelerator was lent to the sessions that wrote this file (`tests/test_engine.py` "
+              "runs the CUDA path and says so when skipped).", ""]
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
 
