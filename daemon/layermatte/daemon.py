@@ -81,7 +81,6 @@ class Daemon:
         self._pool = ThreadPoolExecutor(max_workers=engine.threads, thread_name_prefix="refine")
         self._arrived = threading.Event()    # set by each admission: stops an idle release
         self._last_busy = time.monotonic()
-        self.releases = 0
         if limits.idle_release_s > 0:
             threading.Thread(target=self._idle_loop, name="idle-release", daemon=True).start()
 
@@ -100,7 +99,6 @@ class Daemon:
             # No slot is taken: a request that starts meanwhile keeps the session it began with.
             t0 = time.perf_counter()
             if self.engine.release_memory(self._arrived):
-                self.releases += 1
                 log.info("idle for %.0f s: inference memory released (%.0f ms)",
                          self.limits.idle_release_s, (time.perf_counter() - t0) * 1000)
 
