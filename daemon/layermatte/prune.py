@@ -24,13 +24,17 @@ def matte_only(src: Path, index: int, dst: Path) -> tuple[Path, int]:
     """(file to load, index of the matte among its outputs), dst being where
     the pruned copy lives. Falls back to the file as it is when the onnx
     package is missing or pruning fails."""
+    single = dst.with_name(dst.name + ".single")   # remembers "nothing to drop" across starts
     if dst.is_file():
         return dst, 0
+    if single.is_file():
+        return src, index
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     try:
         p = subprocess.run([sys.executable, "-m", "layermatte.prune", str(src), str(index), str(tmp)],
                            capture_output=True, text=True, timeout=600)
         if p.returncode == 3:            # nothing to drop: one output only
+            single.touch()
             return src, index
         if p.returncode != 0:
             log.warning("loading %s with all its outputs: pruning failed: %s", src.name,
