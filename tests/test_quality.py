@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from layermatte import formats, pipeline, wire
+from layermatte import formats, pipeline, refine, wire
 from layermatte.errors import InvalidInput
 from layermatte.pipeline import MatteOptions
 from layermatte.proto.layermatte.v1 import matting_pb2 as pb
@@ -85,6 +85,20 @@ def test_decontamination_halves_the_halo():
     edge = metrics.unknown_band(gt, 4) & (gt > 0.02) & (gt < 0.98)
     before, after = metrics.halo(img, gt, fg, gt, edge), metrics.halo(r.foreground, gt, fg, gt, edge)
     assert after <= 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("kind", ["defocus", "motion"])
+def test_decontamination_stage_halves_the_halo_on_blurred_edges(kind):
+    """Blurred edges: the true foreground colour is a local mean of the object's
+    colours, and the background (a textured photo) must not leak into it."""
+    img, gt, fg = testset.make(testset.Case(kind, 1536, 1152))
+    clean = refine.estimate_foreground(img.astype(np.float32) / 255, gt)
+    clean = np.clip(clean * 255 + 0.5, 0, 255).astype(np.uint8)
+    edge = metrics.unknown_band(gt, 4) & (gt > 0.02) & (gt < 0.98)
+    before, after = metrics.halo(img, gt, fg, gt, edge), metrics.halo(clean, gt, fg, gt, edge)
+    assert after <= 0.5 * before, (before, after)
+    solid = gt >= 0.996
+    assert np.array_equal(clean[solid], img[solid])   # only partial pixels are touched
 
 
 def test_metrics_match_their_definitions():

@@ -11,9 +11,13 @@ et al. (CVPR 2009):
   hair     1–3 px strands growing out of a head-like blob, long and curling,
            antialiased by 4x4 supersampling (coverage = alpha)
   fur      dense short 1–2 px strands all round a body (a fringe)
-  glass    a smooth semi-transparent body, alpha 0.2–0.8, with a solid rim
+  glass    a smooth semi-transparent body, alpha 0.2–0.8, with a solid rim;
+           its colour is a tint (the photo's texture smoothed)
   motion   a solid shape motion-blurred along a random direction
   defocus  a solid shape blurred by a disc (out-of-focus edge)
+For motion and defocus the blur acts on the whole foreground layer, as a lens
+does: coverage and premultiplied colour are blurred together, so the true
+foreground colour at the edge is the local mean of the object's colours.
   solid    a plain antialiased shape (the easy case)
 
 Photos are scikit-image's sample images (public domain / CC0), which ship
@@ -134,6 +138,18 @@ def _contour_normals(contour: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.n
 
 
 def make_alpha(case: Case) -> np.ndarray:
+    """The ground-truth matte of a case."""
+    shape, kernel = _coverage(case)
+    return shape if kernel is None else _blur(shape, kernel)
+
+
+def _blur(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    return cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+
+
+def _coverage(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sharp coverage of the foreground, and the blur kernel (lens or motion)
+    that acts on the whole foreground layer, or None."""
     w, h, rng = case.width, case.height, np.random.default_rng([case.seed, KINDS.index(case.kind)])
     u = min(w, h) / 1000.0            # 1 unit = 1/1000 of the short side
     cx, cy = w * rng.uniform(0.45, 0.55), h * rng.uniform(0.5, 0.6)
@@ -144,13 +160,13 @@ def make_alpha(case: Case) -> np.ndarray:
         roots, normals = _contour_normals(body, int(900 * max(1.0, s)), rng)
         upper = roots[:, 1] < cy + 80 * u
         hair = _strands(w, h, rng, roots[upper], normals[upper], (60 * u, 320 * u), (1.0, 3.0), 2.5)
-        return np.maximum(alpha, hair)
+        return np.maximum(alpha, hair), None
     if case.kind == "fur":
         body = _blob(w, h, rng, cx, cy, 300 * u, 220 * u, wobble=0.1)
         alpha = _fill_aa(w, h, body)
         roots, normals = _contour_normals(body, int(len(body) * 8 * max(1.0, u)), rng)
         fur = _strands(w, h, rng, roots, normals, (8 * u, 40 * u), (1.0, 2.0), 1.0)
-        return np.maximum(alpha, fur)
+        return np.maximum(alpha, fur), None
     if case.kind == "glass":
         body = _blob(w, h, rng, cx, cy, 180 * u, 300 * u, wobble=0.04)
         inside = _fill_aa(w, h, body)
@@ -161,14 +177,14 @@ def make_alpha(case: Case) -> np.ndarray:
         body_a = 0.8 - 0.6 * t
         a = np.where(dist < rim, 1.0, body_a).astype(np.float32)
         a = cv2.GaussianBlur(a, (0, 0), 1.0)
-        return np.minimum(a, inside).astype(np.float32)
+        return np.minimum(a, inside).astype(np.float32), None
     shape = _fill_aa(w, h, _blob(w, h, rng, cx, cy, 260 * u, 200 * u, wobble=0.2))
     if case.kind == "solid":
-        return shape
+        return shape, None
     if case.kind == "defocus":
         r = max(2, int(round(12 * u)))
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)).astype(np.float32)
-        return cv2.filter2D(shape, -1, k / k.sum(), borderType=cv2.BORDER_REPLICATE)
+        return shape, k / k.sum()
     if case.kind == "motion":
         n = max(3, int(round(40 * u))) | 1
         k = np.zeros((n, n), np.float32)
@@ -176,20 +192,33 @@ def make_alpha(case: Case) -> np.ndarray:
         c = n // 2
         cv2.line(k, (int(c - np.cos(ang) * c), int(c - np.sin(ang) * c)),
                  (int(c + np.cos(ang) * c), int(c + np.sin(ang) * c)), 1.0, 1, cv2.LINE_AA)
-        return cv2.filter2D(shape, -1, k / k.sum(), borderType=cv2.BORDER_REPLICATE)
+        return shape, k / k.sum()
     raise ValueError(f"unknown kind {case.kind!r}; one of {KINDS}")
 
 
 def make(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 HxWx3, alpha float32 HxW, foreground uint8 HxWx3)."""
     w, h = case.width, case.height
-    alpha = np.clip(make_alpha(case), 0, 1).astype(np.float32)
+    shape, kernel = _coverage(case)
+    alpha = np.clip(shape if kernel is None else _blur(shape, kernel), 0, 1).astype(np.float32)
     fg = textured(FG_PHOTOS[case.kind], w, h, max(256, min(w, h) // 3))
     if case.kind in ("hair", "fur"):
         # Strand colour: the photo's texture, darkened and warmed like hair, so
         # foreground and background differ in colour but not trivially.
         fg = np.clip(fg.astype(np.float32) * (0.55, 0.45, 0.35), 0, 255).astype(np.uint8)
     bg = textured(BG_PHOTOS[case.kind], w, h, max(256, min(w, h) // 2))
+    if case.kind == "glass":
+        # A glass body's own colour is its tint, which varies slowly; the
+        # photo's fine texture would be a picture printed on the glass.
+        fg = cv2.GaussianBlur(fg, (0, 0), 12 * min(w, h) / 1000.0)
+    if kernel is not None:
+        # Lens and motion blur spread the foreground's light, not only its
+        # coverage: the premultiplied colour is blurred with the same kernel,
+        # so the true foreground colour at a blurred edge is a local mean.
+        premult = _blur(fg.astype(np.float32) * shape[..., None], kernel)
+        safe = np.maximum(alpha, 1e-6)[..., None]
+        fg = np.where(alpha[..., None] > 1e-4, premult / safe, fg)
+        fg = np.clip(fg + 0.5, 0, 255).astype(np.uint8)
     a = alpha[..., None]
     img = np.clip(fg * a + bg * (1 - a) + 0.5, 0, 255).astype(np.uint8)
     return img, alpha, fg

@@ -230,7 +230,8 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
 
         def strip(y0: int, y1: int) -> None:
             check()
-            a0, a1 = max(0, y0 - halo), min(h, y1 + halo)
+            m = max(halo, refine.DECON_MARGIN if opts.decontaminate and fg is not None else 0)
+            a0, a1 = max(0, y0 - m), min(h, y1 + m)
             guide = formats.to_float(colour[a0:a1], fmt)
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
@@ -239,6 +240,7 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
                 if fmt.dtype.kind == "f":   # float layers may carry alpha outside 0..1
                     np.clip(la, 0.0, 1.0, out=la)
                 q = q * la
+            around = q
             q = q[y0 - a0: y0 - a0 + (y1 - y0)]
             if out_dtype == np.uint8:   # q is in 0..1: OpenCV's rounding conversion, one pass
                 matte[y0:y1] = cv2.convertScaleAbs(q, alpha=255.0)
@@ -248,9 +250,10 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
                 if not opts.decontaminate and colour.dtype == fg.dtype:
                     fg[y0:y1] = colour[y0:y1]   # the layer's own colours (gray broadcast to RGB)
                 else:
-                    g = guide[y0 - a0: y0 - a0 + (y1 - y0)]
+                    g = guide
                     if opts.decontaminate:
-                        g = refine.estimate_foreground(g, q)
+                        g = refine.estimate_foreground(g, around)
+                    g = g[y0 - a0: y0 - a0 + (y1 - y0)]
                     fmax = 255.0 if fg.dtype == np.uint8 else 65535.0
                     fg[y0:y1] = np.clip(g * fmax + 0.5, 0, fmax).astype(fg.dtype)
             with lock:
