@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..catalog import Catalog
 from ..daemon import Daemon, Limits
-from ..engine import Engine
+from ..engine import Engine, limit_malloc_arenas
 from ..errors import InvalidInput
 from ..server import AlreadyRunning, ServeConfig, serve
 
@@ -50,6 +50,7 @@ def _read_token(path: Path) -> str:
 
 def run(args) -> int:
     token = _read_token(args.token_file) if args.token_file else None
+    limit_malloc_arenas()   # first, before any thread allocates
     catalog = Catalog()
     engine = Engine(catalog, provider=args.provider)
     daemon = Daemon(catalog, engine, Limits(max_pixels=args.max_pixels,
