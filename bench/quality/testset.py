@@ -15,10 +15,10 @@ et al. (CVPR 2009):
            its colour is a tint (the photo's texture smoothed)
   motion   a solid shape motion-blurred along a random direction
   defocus  a solid shape blurred by a disc (out-of-focus edge)
+  solid    a plain antialiased shape (the easy case)
 For motion and defocus the blur acts on the whole foreground layer, as a lens
 does: coverage and premultiplied colour are blurred together, so the true
 foreground colour at the edge is the local mean of the object's colours.
-  solid    a plain antialiased shape (the easy case)
 
 Photos are scikit-image's sample images (public domain / CC0), which ship
 inside the package, so no download is needed.
@@ -139,8 +139,12 @@ def _contour_normals(contour: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.n
 
 def make_alpha(case: Case) -> np.ndarray:
     """The ground-truth matte of a case."""
-    shape, kernel = _coverage(case)
-    return shape if kernel is None else _blur(shape, kernel)
+    return _alpha(*_coverage(case))
+
+
+def _alpha(shape: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
+    a = shape if kernel is None else _blur(shape, kernel)
+    return np.clip(a, 0, 1).astype(np.float32)
 
 
 def _blur(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -200,7 +204,7 @@ def make(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 HxWx3, alpha float32 HxW, foreground uint8 HxWx3)."""
     w, h = case.width, case.height
     shape, kernel = _coverage(case)
-    alpha = np.clip(shape if kernel is None else _blur(shape, kernel), 0, 1).astype(np.float32)
+    alpha = _alpha(shape, kernel)
     fg = textured(FG_PHOTOS[case.kind], w, h, max(256, min(w, h) // 3))
     if case.kind in ("hair", "fur"):
         # Strand colour: the photo's texture, darkened and warmed like hair, so

@@ -217,18 +217,19 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> None:
     its own arena; freed memory stays spread over all of them. Measured with
     bench/memory.py: resident size after each of 60 requests drifted from
     1.4 to 1.8 GB in one run and stayed flat in another, depending on which
-    arenas the threads drew. Glibc only; elsewhere a no-op."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-8, n)   # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
+    arenas the threads drew."""
+    _glibc("mallopt", -8, n)   # M_ARENA_MAX
 
 
 def _malloc_trim() -> None:
-    """Return free heap pages to the OS (glibc only; elsewhere a no-op)."""
+    """Return free heap pages to the OS."""
+    _glibc("malloc_trim", 0)
+
+
+def _glibc(name: str, *args: int) -> None:
+    """Call a glibc malloc tunable; elsewhere (musl, macOS, Windows) a no-op."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        getattr(ctypes.CDLL("libc.so.6"), name)(*args)
     except (OSError, AttributeError):
         pass

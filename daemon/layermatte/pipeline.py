@@ -223,15 +223,18 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
         fg = None
         if opts.return_foreground:
             fg = np.empty((h, w, 3), np.uint8 if fmt.dtype == np.uint8 else np.uint16)
+        # Rows of context each strip reads: the edge controls' reach, and
+        # decontamination's when it runs.
         halo = opts.edges.halo()
+        if opts.decontaminate and fg is not None:
+            halo = max(halo, refine.DECON_MARGIN)
         strips = [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)]
         done = [0]
         lock = threading.Lock()
 
         def strip(y0: int, y1: int) -> None:
             check()
-            m = max(halo, refine.DECON_MARGIN if opts.decontaminate and fg is not None else 0)
-            a0, a1 = max(0, y0 - m), min(h, y1 + m)
+            a0, a1 = max(0, y0 - halo), min(h, y1 + halo)
             guide = formats.to_float(colour[a0:a1], fmt)
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)

@@ -245,13 +245,14 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     x0, x1 = max(0, cols[0] - m), min(alpha.shape[1], cols[-1] + m + 1)
     a = np.ascontiguousarray(alpha[y0:y1, x0:x1], dtype=np.float64)
     fg = estimate_foreground_ml(image[y0:y1, x0:x1], a).astype(np.float32)
-    a32, mask = a.astype(np.float32), partial[y0:y1, x0:x1]
-    w = a32 ** DECON_POWER
+    mask = partial[y0:y1, x0:x1]
+    own = a.astype(np.float32) ** (DECON_POWER // 2)   # how much a pixel keeps its own estimate
+    w = own * own                                      # alpha**DECON_POWER
     thin, wide = _local_mean(fg, w, DECON_SIGMA), _local_mean(fg, w, DECON_WIDE_SIGMA)
     # How much of the neighbourhood is soft: ~0 along a crisp outline, 1 inside a blur.
     t = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), DECON_WIDE_SIGMA)
     t = np.clip((t - 0.5) / 0.4, 0, 1)[..., None]
-    own = (a32 * a32)[..., None] ** 2
+    own = own[..., None]
     fg = own * fg + (1 - own) * (thin + t * (wide - thin))
     out = image.copy()
     sub = out[y0:y1, x0:x1]
