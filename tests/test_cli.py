@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from conftest import iou
+from conftest import iou, with_alpha
 
 
 def lm(*args, env=None, input=None, timeout=300):
@@ -196,3 +196,27 @@ def test_editor_client_gets_decontaminated_colours_on_both_transports(daemon, ph
     matte = np.frombuffer(m1, np.uint8).reshape(h, w)
     band = (matte > 20) & (matte < 230)
     assert band.sum() > 100 and np.abs(fg[band].astype(int) - photos["cat"][band]).mean() > 2
+
+
+def test_editor_client_hands_big_layers_over_in_a_file(daemon, photos, monkeypatch):
+    """The plug-ins' client on the unix socket: the layer goes over in /dev/shm
+    (the daemon's fast path), the file is removed, the matte is the streamed one."""
+    import shutil
+    import tempfile
+    lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
+    shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
+    from layermatte.cli.install import descriptor_file
+    shutil.copy(descriptor_file(), lite_dir)
+    monkeypatch.syspath_prepend(str(lite_dir))
+    import layermatte_lite as lite
+    monkeypatch.setenv("LAYERMATTE_SOCKET", str(daemon.socket))
+    made = []
+    real = lite._shared_file
+    monkeypatch.setattr(lite, "_shared_file", lambda planes: made.append(real(planes)) or made[-1])
+    rgba = with_alpha(cv2.resize(photos["astronaut"], (900, 700)))
+    matte, _ = lite.matte(900, 700, "RGBA8", rgba.tobytes())
+    assert len(made) == 1 and made[0] and made[0].startswith("/dev/shm/")
+    assert not Path(made[0]).exists()
+    with daemon.client(tcp=True) as c:
+        streamed = c.matte(rgba).matte
+    assert matte == streamed.tobytes()

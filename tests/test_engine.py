@@ -58,3 +58,44 @@ def test_cuda_matches_cpu(model_cache, photos):
         results[prov] = pipeline.run(rgb, fmt, pipeline.MatteOptions(), model=model)
         assert model.provider.lower().startswith(prov)
     assert np.abs(results["cuda"].matte.astype(int) - results["cpu"].matte).mean() < 1.0
+
+
+def test_cpu_session_runs_a_float32_matte_only_graph_with_the_downloads_matte(model_cache, photos):
+    onnx = pytest.importorskip("onnx")
+    catalog = Catalog(cache=model_cache)
+    model, _ = Engine(catalog, provider="cpu").load(None)
+    spec, download = catalog.require(None)
+    assert model.source.endswith(".matte-only.fp32.onnx") and model.output_index == 0
+    derived = onnx.load(model.source)
+    assert len(derived.graph.output) == 1
+    assert {t.data_type for t in derived.graph.initializer} == {onnx.TensorProto.FLOAT}
+    original = ort.InferenceSession(str(download), providers=["CPUExecutionProvider"])
+    assert len(original.get_outputs()) > 1
+    tensor, _ = pipeline.model_tensor(photos["astronaut"], formats.lookup(2), spec)
+    want = original.run(None, {original.get_inputs()[0].name: tensor})[spec.preprocess.output_index]
+    got = model.run(tensor)
+    assert got.shape == want.shape
+    assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() < 1e-3
+
+
+def test_float16_graph_is_widened_with_its_casts_and_constants(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from layermatte import graph
+    half = np.array([0.5, 2.0], np.float16)
+    nodes = [helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
+             helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(half, "c")),
+             helper.make_node("Mul", ["xh", "w"], ["m"]),
+             helper.make_node("Add", ["m", "c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2])],
+                          [numpy_helper.from_array(np.array([3.0, 4.0], np.float16), "w")])
+    src, dst = tmp_path / "half.onnx", tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    assert graph.derive(src, 0, dst, fp32=True) == (dst, 0)
+    s = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    y = s.run(None, {"x": np.array([1.0, 1.5], np.float32)})[0]
+    assert y.dtype == np.float32 and np.allclose(y, [3.5, 8.0])
+    # Nothing to change (one output, float32 wanted only for float16): the file as it is.
+    assert graph.derive(dst, 0, tmp_path / "again.onnx", fp32=True) == (dst, 0)
+    assert not (tmp_path / "again.onnx").exists()

@@ -70,11 +70,12 @@ def test_second_request_does_not_reload_the_model(daemon, photos, astro_matte):
     assert models["isnet-general"]["provider"] == "CPUExecutionProvider"
 
 
-def test_layer_above_40mb_streams_and_matches(daemon, photos, astro_matte):
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix-file", "tcp-chunks"])
+def test_layer_above_40mb_streams_and_matches(daemon, photos, astro_matte, tcp):
     big = cv2.resize(with_alpha(photos["astronaut"]), (3500, 3500), interpolation=cv2.INTER_CUBIC)
     assert big.nbytes > 40 * 2 ** 20
     stages = []
-    with daemon.client() as c:
+    with daemon.client(tcp=tcp) as c:
         reply = c.matte(big, progress=lambda s, f: stages.append((s, f)))
     assert reply.matte.shape == (3500, 3500)
     check_astronaut(reply.matte, scale=3500 / 512)

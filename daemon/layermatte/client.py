@@ -16,7 +16,7 @@ from typing import Callable
 import grpc
 import numpy as np
 
-from . import formats, paths, wire
+from . import formats, localfile, paths, wire
 from .errors import (Busy, Cancelled, InvalidInput, LayermatteError, ModelNotFound,
                      ModelNotPulled, TooLarge)
 from .pipeline import MatteOptions
@@ -152,12 +152,23 @@ class Client:
             planes.append((pb.PLANE_GUIDE_MASK, np.ascontiguousarray(guide_mask, np.uint8)))
 
         streaming = threading.Event()  # the daemon took the header and asked for more
+        views = [memoryview(arr.view(np.uint8).reshape(-1)) for _, arr in planes]
+        shared = None
+        if self.address.startswith("unix:") and sum(len(v) for v in views) >= localfile.MIN_BYTES:
+            shared = localfile.write_planes(views)
+        if shared is not None:
+            header.pixels_file = str(shared)
+        from_file = [False]
+        decided = threading.Event()   # the first answer came: file read, or chunks wanted
 
         def requests():
             yield pb.MatteRequest(header=header)
             streaming.set()
-            for plane, arr in planes:
-                view = memoryview(arr.view(np.uint8).reshape(-1))
+            if shared is not None:
+                decided.wait()
+                if from_file[0]:
+                    return
+            for (plane, _), view in zip(planes, views):
                 for off in range(0, len(view), IN_CHUNK):
                     yield pb.MatteRequest(chunk=pb.Chunk(plane=plane, data=bytes(view[off:off + IN_CHUNK])))
 
@@ -179,8 +190,13 @@ class Client:
         answered = False
         try:
             for resp in call:
-                answered = True
                 kind = resp.WhichOneof("kind")
+                if not answered:   # the first answer says whether the daemon read the file
+                    answered = True
+                    from_file[0] = kind == "progress" and resp.progress.from_file
+                    decided.set()
+                    if shared is not None:
+                        shared.unlink(missing_ok=True)
                 if kind == "progress" and progress:
                     progress(resp.progress.stage, resp.progress.fraction)
                 elif kind == "chunk":
@@ -202,6 +218,10 @@ class Client:
                                         f"working on this request ({e.details()}); start it again "
                                         "with `layermatte serve`") from None
             raise _error(e, self.address) from None
+        finally:
+            decided.set()   # never leave the request stream waiting
+            if shared is not None:
+                shared.unlink(missing_ok=True)
         if summary is None:
             raise LayermatteError("the daemon closed the stream without a summary")
         if progress:

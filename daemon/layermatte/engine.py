@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from . import prune
+from . import graph
 from .catalog import Catalog, ModelSpec
 from .errors import Cancelled, InvalidInput, LayermatteError
 
@@ -88,7 +88,7 @@ class LoadedModel:
     provider: str
     input_name: str
     load_ms: float
-    source: str = ""        # the file the session was built from (see prune.py)
+    source: str = ""        # the file the session was built from (see graph.py)
     output_index: int = 0   # of the matte among the session's outputs
     holding: bool = False   # the arena keeps a run's working set (see Engine.release_memory)
 
@@ -146,15 +146,16 @@ class Engine:
             t0 = time.perf_counter()
             # A corrupt cache file must never be loaded: check once per process.
             digest = self.catalog.verify(spec.id)
-            pruned = self.catalog.cache / f"{spec.id}.{digest[:16]}.matte-only.onnx"
-            source, out_index = prune.matte_only(path, spec.preprocess.output_index, pruned)
+            fp32 = self.provider == "CPUExecutionProvider"
+            derived = self.catalog.cache / graph.derived_name(spec.id, digest, fp32)
+            source, out_index = graph.derive(path, spec.preprocess.output_index, derived, fp32)
             try:
                 try:
                     session = self._session(source)
                 except Exception:
                     if source == path:
                         raise
-                    pruned.unlink(missing_ok=True)   # a damaged derived copy: use the download
+                    derived.unlink(missing_ok=True)   # a damaged derived copy: use the download
                     source, out_index = path, spec.preprocess.output_index
                     session = self._session(source)
             except Exception as e:

@@ -19,7 +19,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import paths, wire
+from . import localfile, paths, wire
 from .daemon import Daemon
 from .errors import Cancelled, InvalidInput, LayermatteError
 from .proto.layermatte.v1 import matting_pb2 as pb
@@ -100,33 +100,14 @@ class MattingServicer(pb_grpc.MattingServicer):
         planes = {pb.PLANE_PIXELS: np.empty(job.pixel_bytes, np.uint8)}
         if not job.use_model:
             planes[pb.PLANE_GUIDE_MASK] = np.empty(job.guide_bytes, np.uint8)
-        # Tells the client it was admitted and the header accepted.
-        yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.0))
-        filled = {k: 0 for k in planes}
-        total = sum(len(b) for b in planes.values())
-        step, next_report = max(total // 10, 1), 0
-        for msg in requests:
-            if cancel.is_set():
-                raise Cancelled("request cancelled while receiving")
-            if msg.WhichOneof("kind") != "chunk":
-                raise InvalidInput("only one header is allowed per call")
-            plane = msg.chunk.plane
-            if plane not in planes:
-                raise InvalidInput(f"unexpected chunk plane {plane} for this request")
-            data, buf, at = msg.chunk.data, planes[plane], filled[plane]
-            if at + len(data) > len(buf):
-                raise InvalidInput(f"too much data for plane {plane}: more than the {len(buf)} "
-                                   f"bytes {job.width}x{job.height} {job.format.name} needs")
-            buf[at:at + len(data)] = np.frombuffer(data, np.uint8)
-            filled[plane] = at + len(data)
-            got = sum(filled.values())
-            if got >= next_report:
-                next_report = got + step
-                yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.05 * got / total))
-        for plane, buf in planes.items():
-            if filled[plane] != len(buf):
-                raise InvalidInput(f"stream ended early: plane {plane} has {filled[plane]} of "
-                                   f"{len(buf)} bytes")
+        if job.pixels_file:
+            localfile.read_planes(job.pixels_file, [memoryview(b) for b in planes.values()],
+                                  context.peer())
+            yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.05, from_file=True))
+        else:
+            # Tells the client it was admitted and the header accepted.
+            yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.0))
+            yield from _receive_chunks(requests, planes, job, cancel)
         receiving.clear()
         receive_ms = (time.perf_counter() - t0) * 1000
         pixels = wire.formats.as_array(planes[pb.PLANE_PIXELS], job.width, job.height, job.format)
@@ -290,6 +271,36 @@ class ServeConfig:
 
 class AlreadyRunning(Exception):
     pass
+
+
+
+def _receive_chunks(requests, planes: dict, job, cancel: threading.Event):
+    """Fill the planes from chunk messages; yields receive progress."""
+    filled = {k: 0 for k in planes}
+    total = sum(len(b) for b in planes.values())
+    step, next_report = max(total // 10, 1), 0
+    for msg in requests:
+        if cancel.is_set():
+            raise Cancelled("request cancelled while receiving")
+        if msg.WhichOneof("kind") != "chunk":
+            raise InvalidInput("only one header is allowed per call")
+        plane = msg.chunk.plane
+        if plane not in planes:
+            raise InvalidInput(f"unexpected chunk plane {plane} for this request")
+        data, buf, at = msg.chunk.data, planes[plane], filled[plane]
+        if at + len(data) > len(buf):
+            raise InvalidInput(f"too much data for plane {plane}: more than the {len(buf)} "
+                               f"bytes {job.width}x{job.height} {job.format.name} needs")
+        buf[at:at + len(data)] = np.frombuffer(data, np.uint8)
+        filled[plane] = at + len(data)
+        got = sum(filled.values())
+        if got >= next_report:
+            next_report = got + step
+            yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.05 * got / total))
+    for plane, buf in planes.items():
+        if filled[plane] != len(buf):
+            raise InvalidInput(f"stream ended early: plane {plane} has {filled[plane]} of "
+                               f"{len(buf)} bytes")
 
 
 def is_loopback(host: str) -> bool:

@@ -23,6 +23,7 @@ class MatteJob:
     model_id: str
     options: MatteOptions
     use_model: bool
+    pixels_file: str = ""   # the unix-socket fast path (localfile.py); "" = chunks follow
 
     @property
     def pixel_bytes(self) -> int:
@@ -62,7 +63,8 @@ def job_from_header(h: pb.MatteHeader) -> MatteJob:
                         depth16=h.matte_depth == pb.MATTE_DEPTH_U16,
                         return_foreground=h.return_foreground)
     return MatteJob(request_id=h.request_id, width=h.width, height=h.height, format=fmt,
-                    model_id=h.model_id, options=opts, use_model=h.source == pb.MATTE_SOURCE_MODEL)
+                    model_id=h.model_id, options=opts, use_model=h.source == pb.MATTE_SOURCE_MODEL,
+                    pixels_file=h.pixels_file)
 
 
 def header_from_job(*, width: int, height: int, format_code: int, model_id: str = "",
