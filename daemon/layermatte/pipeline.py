@@ -202,10 +202,19 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
         coef = None if opts.plain_upsample else refine.upsampling_coefficients(
             coarse.guide, coarse.matte, pool=pool, bands=n)
 
-        def raw(a0: int, a1: int, guide: np.ndarray) -> np.ndarray:
+        # Integer RGB(A) layers: the coefficients apply to the samples as they are.
+        direct = coef is not None and fmt.dtype.kind == "u" and fmt.channels >= 3
+        if direct:
+            top = int(fmt.max_value)
+            ab = np.ascontiguousarray(coef.ab[..., [2, 1, 0, 3]]) if fmt.bgr else coef.ab
+
+        def raw(a0: int, a1: int, guide=None) -> np.ndarray:
             if coef is None:
                 return refine.resize_rows(coarse.matte, w, h, a0, a1)
-            return refine.apply_guided(coef, guide, w, h, a0, a1)
+            if direct:
+                return refine.apply_guided_int(ab, refine.with_unit(pixels[a0:a1], top), top, w, h, a0, a1)
+            return refine.apply_guided(coef, guide if guide is not None else
+                                       formats.to_float(colour[a0:a1], fmt), w, h, a0, a1)
 
         full = None
         if opts.quality == "hq" and coef is not None:
@@ -213,7 +222,7 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
 
             def fill(y0: int, y1: int) -> None:
                 check()
-                full[y0:y1] = raw(y0, y1, formats.to_float(colour[y0:y1], fmt))
+                full[y0:y1] = raw(y0, y1)
             _all(pool, fill, [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)])
             _band_matting(pool, full, colour, fmt, refine.hq_weight(coarse.matte, coef.gate), check, progress)
 
@@ -235,7 +244,10 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
         def strip(y0: int, y1: int) -> None:
             check()
             a0, a1 = max(0, y0 - halo), min(h, y1 + halo)
-            guide = formats.to_float(colour[a0:a1], fmt)
+            # The float image only where colours are computed or the coefficients need it.
+            need = (fg is not None and (opts.decontaminate or colour.dtype != fg.dtype)) or \
+                (full is None and coef is not None and not direct)
+            guide = formats.to_float(colour[a0:a1], fmt) if need else None
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
             if alpha is not None and not opts.ignore_layer_alpha:

@@ -187,6 +187,29 @@ def apply_guided(coef: GuidedCoefficients, guide_rows: np.ndarray, full_w: int, 
     return np.clip(q, 0.0, 1.0, out=q)
 
 
+_SUM4 = np.ones(4, np.float32)
+
+
+def with_unit(rows: np.ndarray, top: int) -> np.ndarray:
+    """Integer RGB(A) rows as 4 channels, the 4th set to `top` (the sample
+    maximum), so a·I + b is one 4-channel product and a channel sum."""
+    if rows.shape[2] == 4:
+        return cv2.bitwise_or(rows, (0, 0, 0, top))
+    return cv2.cvtColor(rows, cv2.COLOR_RGB2RGBA)   # alpha = the depth's maximum
+
+
+def apply_guided_int(ab: np.ndarray, rows4: np.ndarray, top: int, full_w: int, full_h: int,
+                     y0: int, y1: int) -> np.ndarray:
+    """apply_guided on the layer's own integer samples (rows4 from with_unit,
+    channels in ab's order): OpenCV scales and multiplies in one SIMD pass,
+    without a float copy of the image (which cost as much as the rest)."""
+    q4 = resize_rows(ab, full_w, full_h, y0, y1)
+    own = ab.shape[:2] != (full_h, full_w)   # a fresh warp; at scale 1 a view of ab
+    q4 = cv2.multiply(q4, rows4, dst=q4 if own else None, scale=1.0 / top, dtype=cv2.CV_32F)
+    q = q4.reshape(-1, 4).dot(_SUM4).reshape(q4.shape[:2])
+    return np.clip(q, 0.0, 1.0, out=q)
+
+
 def edge_controls(alpha: np.ndarray, opts: EdgeOptions) -> np.ndarray:
     """Designer-facing edge controls, in the order Photoshop's Select and Mask
     applies them: smooth, feather, contrast, shift."""
