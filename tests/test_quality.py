@@ -206,3 +206,24 @@ def test_coarse_cache_is_bounded_and_expires():
     cache.ttl_s = 0
     time.sleep(0.01)
     assert cache.get(keys[2]) is None
+
+
+@pytest.mark.parametrize("code", [2, 5, 7, 12], ids=["RGB8", "BGRA8", "RGB16", "RGBF32"])
+def test_coarse_cache_keeps_8_and_16_bit_guides_compact_and_exact(code, photos):
+    from layermatte import formats
+    from layermatte.catalog import Catalog
+    from layermatte.daemon import CoarseCache
+    fmt = formats.lookup(code)
+    rgb = cv2.resize(photos["astronaut"], (1500, 1100))
+    layer = {2: rgb, 5: np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 255, np.uint8)]),
+             7: rgb.astype(np.uint16) * 257, 12: rgb.astype(np.float32) / 255}[code]
+    prepared = pipeline.model_input(np.ascontiguousarray(layer), fmt, Catalog().get(None))
+    matte = np.random.default_rng(0).random(prepared.guide.shape[:2], dtype=np.float32)
+    cache = CoarseCache()
+    cache.put(prepared.digest, pipeline.Coarse(matte, prepared.guide), made_from=prepared)
+    got = cache.get(prepared.digest)
+    assert np.array_equal(got.guide, prepared.guide) and got.guide.dtype == np.float32
+    assert np.array_equal(got.matte, matte)
+    kept = cache._items[prepared.digest][1].nbytes
+    full = matte.nbytes + prepared.guide.nbytes
+    assert kept == (full if fmt.dtype.kind == "f" else matte.nbytes + prepared.guide.size * fmt.dtype.itemsize)

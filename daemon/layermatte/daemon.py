@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import pipeline
+from . import formats, pipeline
 from .catalog import Catalog
 from .engine import Engine
 from .errors import Busy, Cancelled, TooLarge
@@ -30,16 +30,37 @@ class Limits:
     idle_release_s: float = 60.0      # idle this long: inference memory goes back (0: never)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A cached coarse matte. For 8/16-bit layers the guide is kept as the
+    small integer image it was made from (a quarter of the float's bytes at
+    8 bits) and remade on use (~1 ms)."""
+    matte: np.ndarray
+    guide: np.ndarray | None
+    small: np.ndarray | None = None
+    fmt: object = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.matte.nbytes + (self.guide if self.guide is not None else self.small).nbytes
+
+    def coarse(self) -> pipeline.Coarse:
+        if self.guide is not None:
+            return pipeline.Coarse(self.matte, self.guide)
+        return pipeline.Coarse(self.matte, formats.to_float(self.small, self.fmt))
+
+
 class CoarseCache:
     """The last few coarse mattes, keyed by the digest of the model's input
     (pipeline.ModelInput.digest: model id, layer shape and the area-averaged
     colour the model sees), so re-refining a layer with other edge options (a
     plug-in's dialog, `cut` again with --feather) skips the model. Bounded by
-    entries and bytes (~16 MB per entry at 1024x1024); entries expire after ttl_s."""
+    entries and bytes (~7 MB per entry at 1024x1024 for an 8-bit layer);
+    entries expire after ttl_s."""
 
     def __init__(self, max_entries: int = 4, max_bytes: int = 96 << 20, ttl_s: float = 600.0):
         self.max_entries, self.max_bytes, self.ttl_s = max_entries, max_bytes, ttl_s
-        self._items: OrderedDict[bytes, tuple[float, pipeline.Coarse]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[float, _Entry]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: bytes) -> pipeline.Coarse | None:
@@ -49,13 +70,20 @@ class CoarseCache:
             if item is None:
                 return None
             self._items.move_to_end(key)
-            return item[1]
+            return item[1].coarse()
 
-    def put(self, key: bytes, coarse: pipeline.Coarse) -> None:
-        if self.max_entries <= 0 or coarse.nbytes > self.max_bytes:
+    def put(self, key: bytes, coarse: pipeline.Coarse, made_from: pipeline.ModelInput | None = None) -> None:
+        """made_from: the model input the matte came from (its small image
+        stands in for the float guide)."""
+        small = made_from.small if made_from is not None else None
+        if small is not None and small.dtype.kind == "u":
+            entry = _Entry(coarse.matte, None, np.ascontiguousarray(small), made_from.fmt)
+        else:
+            entry = _Entry(coarse.matte, coarse.guide)
+        if self.max_entries <= 0 or entry.nbytes > self.max_bytes:
             return
         with self._lock:
-            self._items[key] = (time.monotonic(), coarse)
+            self._items[key] = (time.monotonic(), entry)
             self._items.move_to_end(key)
             while (len(self._items) > self.max_entries
                    or sum(c.nbytes for _, c in self._items.values()) > self.max_bytes):
@@ -153,7 +181,7 @@ class Daemon:
             if coarse is not None:   # re-refine: the model did not run
                 result.model_id = spec.id
             elif prepared is not None and result.coarse is not None:
-                self.cache.put(prepared.digest, result.coarse)
+                self.cache.put(prepared.digest, result.coarse, made_from=prepared)
             result.stage_ms.update(queue=queued_ms, load=load_ms)
             if prepared is not None:  # made here, before the cache lookup
                 result.stage_ms["preprocess"] = result.stage_ms.get("preprocess", 0.0) + prep_ms

@@ -72,6 +72,8 @@ class ModelInput:
     tensor: np.ndarray     # 1x3xSxS float32
     guide: np.ndarray      # SxSx3 float32 0..1
     digest: bytes
+    small: np.ndarray | None = None   # what guide is made from, in the layer's dtype
+    fmt: PixelFormat | None = None
 
 
 def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> ModelInput:
@@ -93,7 +95,7 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> ModelI
         scale = unit / pre.std[c]
         np.multiply(plane, np.float32(scale), out=tensor[0, c], casting="unsafe")
         tensor[0, c] -= np.float32(pre.mean[c] / pre.std[c])
-    return ModelInput(tensor, low, h.digest())
+    return ModelInput(tensor, low, h.digest(), small, fmt)
 
 
 def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
