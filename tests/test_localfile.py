@@ -13,16 +13,26 @@ from layermatte.proto.layermatte.v1 import matting_pb2 as pb
 from layermatte.proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 
 
-def call(address, header):
-    """(status, details, responses) of one Matte call that sends only a header."""
+def call(address, header, chunks: bytes | None = None):
+    """(status, details, responses) of one Matte call: a header, then the
+    pixels as chunks when given."""
+    msgs = [pb.MatteRequest(header=header)]
+    if chunks is not None:
+        msgs += [pb.MatteRequest(chunk=pb.Chunk(plane=pb.PLANE_PIXELS, data=chunks[i:i + (1 << 20)]))
+                 for i in range(0, len(chunks), 1 << 20)]
     got = []
     with grpc.insecure_channel(address) as ch:
         try:
-            for r in pb_grpc.MattingStub(ch).Matte(iter([pb.MatteRequest(header=header)]), timeout=120):
+            for r in pb_grpc.MattingStub(ch).Matte(iter(msgs), timeout=120):
                 got.append(r)
         except grpc.RpcError as e:
             return e.code(), e.details(), got
     return grpc.StatusCode.OK, "", got
+
+
+def matte_of(responses) -> np.ndarray:
+    return np.concatenate([np.frombuffer(r.chunk.data, np.uint8) for r in responses
+                           if r.WhichOneof("kind") == "chunk" and r.chunk.plane == pb.PLANE_MATTE])
 
 
 def layer_file(tmp_path, rgba: np.ndarray, extra: bytes = b""):
@@ -38,8 +48,7 @@ def test_daemon_reads_the_file_and_gives_the_streamed_matte(daemon, photos, tmp_
     code, details, responses = call(daemon.address, header)
     assert code == grpc.StatusCode.OK, details
     assert responses[0].progress.from_file and not any(r.progress.from_file for r in responses[1:])
-    matte = np.concatenate([np.frombuffer(r.chunk.data, np.uint8) for r in responses
-                            if r.WhichOneof("kind") == "chunk" and r.chunk.plane == pb.PLANE_MATTE])
+    matte = matte_of(responses)
     with daemon.client(tcp=True) as c:   # TCP: chunks
         streamed = c.matte(rgba).matte
     assert np.array_equal(matte.reshape(streamed.shape), streamed)
@@ -65,18 +74,27 @@ def test_client_uses_the_file_on_the_unix_socket_and_removes_it(daemon, photos, 
     assert len(made) == 2
 
 
-def test_file_over_tcp_is_refused(daemon, photos, tmp_path):
-    _, header = layer_file(tmp_path, with_alpha(photos["astronaut"]))
-    code, details, _ = call(daemon.tcp, header)
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "unix socket" in details
+def test_file_over_tcp_is_not_used_and_chunks_are_read(daemon, photos, tmp_path):
+    rgba = with_alpha(photos["astronaut"])
+    rgba[:16, :16] = 0   # pixels no other test sends: the model runs
+    _, header = layer_file(tmp_path, rgba)
+    code, details, responses = call(daemon.tcp, header, rgba.tobytes())
+    assert code == grpc.StatusCode.OK, details
+    assert not any(r.progress.from_file for r in responses)
+    assert matte_of(responses).reshape(512, 512)[120, 230] > 200
+    assert "accepted only over the daemon's unix socket" in daemon.log.read_text()
 
 
 @pytest.mark.parametrize("case,words", [
-    ("missing", "No such file"), ("relative", "absolute"), ("short", "header announces"),
-    ("long", "header announces"), ("symlink", "symbolic links"), ("directory", "not a regular file"),
+    ("missing", "No such file"), ("relative", "not an absolute path"), ("short", "the header announces"),
+    ("long", "the header announces"), ("symlink", "symbolic links"), ("directory", "not a regular file"),
 ])
-def test_bad_file_is_invalid_argument_and_the_daemon_stays_healthy(daemon, tmp_path, case, words):
+def test_unusable_file_falls_back_to_chunks(daemon, tmp_path, case, words):
+    """A file the daemon cannot use (an editor sandbox with its own /dev/shm,
+    a client bug) is logged and the call goes on with chunks; with none
+    sent, the usual stream-ended-early error."""
     rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 2:6] = 255
     path, header = layer_file(tmp_path, rgba, extra=b"x" if case == "long" else b"")
     if case == "short":
         path.write_bytes(rgba.tobytes()[:-1])
@@ -90,7 +108,31 @@ def test_bad_file_is_invalid_argument_and_the_daemon_stays_healthy(daemon, tmp_p
         header.pixels_file = str(link)
     elif case == "directory":
         header.pixels_file = str(tmp_path)
+    header.request_id = f"unusable-{case}"
+    code, details, responses = call(daemon.address, header, rgba.tobytes())
+    assert code == grpc.StatusCode.OK, details
+    assert not any(r.progress.from_file for r in responses)
+    assert len(matte_of(responses)) == 64
+    log = [ln for ln in daemon.log.read_text().splitlines() if f"unusable-{case}" in ln]
+    assert any("not used" in ln and words in ln for ln in log), log
     code, details, _ = call(daemon.address, header)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
-    assert words in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "ended early" in details
     assert daemon.alive()
+
+
+def test_client_streams_chunks_when_the_daemon_cannot_see_its_file(daemon, photos, monkeypatch):
+    """As for an editor in a sandbox: the file the client wrote is not there
+    for the daemon; the call still succeeds, over chunks."""
+    real = localfile.write_planes
+
+    def unseen(views):
+        path = real(views)
+        path.unlink()
+        return path
+    monkeypatch.setattr(localfile, "write_planes", unseen)
+    rgba = with_alpha(photos["astronaut"])
+    rgba[:16, 16:32] = 0   # pixels no other test sends
+    with daemon.client() as c:
+        reply = c.matte(rgba)
+    assert reply.matte[120, 230] > 200 and reply.matte[30, 30] < 30
+    assert "No such file" in daemon.log.read_text()

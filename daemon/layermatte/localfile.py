@@ -5,7 +5,7 @@ a copy per MiB on each side (~210 ms for a 96 MB 6000x4000 RGBA layer on
 2 cores). A client on the same machine instead writes the planes into a
 file in /dev/shm (memory, not disk) and names it in the header; the daemon
 reads it with one system call per plane (MatteHeader.pixels_file in the
-.proto). The daemon copies rather than maps the file, so a client that
+.proto), or, when it cannot, asks for chunks as usual. The daemon copies rather than maps the file, so a client that
 truncates or deletes it mid-request cannot crash the daemon (SIGBUS).
 """
 from __future__ import annotations
@@ -15,14 +15,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import InvalidInput, LayermatteError
 
 MIN_BYTES = 1 << 20   # below this, chunks are as fast
 SHM = Path("/dev/shm")
-
-
-class NotLocal(LayermatteError):
-    grpc_code = "FAILED_PRECONDITION"
 
 
 def write_planes(planes: list[memoryview]) -> Path | None:
@@ -45,34 +40,37 @@ def write_planes(planes: list[memoryview]) -> Path | None:
     return Path(name)
 
 
-def read_planes(path: str, buffers: list[memoryview], peer: str) -> None:
-    """Fill buffers (writable, exactly sized) from the client's file."""
+def read_planes(path: str, buffers: list[memoryview], peer: str) -> str | None:
+    """Fill buffers (writable, exactly sized) from the client's file. None
+    when done; else why not, and the caller asks for chunks instead: a file
+    the daemon cannot see is not an error (an editor in a sandbox such as
+    Flatpak has its own /dev/shm), and nothing was sent back yet."""
     if not peer.startswith("unix:"):
-        raise NotLocal("pixels_file is accepted only over the daemon's unix socket; "
-                       "over TCP, stream the pixels as chunks")
+        return "accepted only over the daemon's unix socket"
     if not os.path.isabs(path):
-        raise InvalidInput(f"pixels_file must be an absolute path, got {path!r}")
+        return "not an absolute path"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise InvalidInput(f"pixels_file {path}: {e.strerror}") from None
+        return e.strerror
     try:
         st = os.fstat(fd)
         want = sum(len(b) for b in buffers)
         if not stat.S_ISREG(st.st_mode):
-            raise InvalidInput(f"pixels_file {path} is not a regular file")
+            return "not a regular file"
         if st.st_uid != os.geteuid():
-            raise InvalidInput(f"pixels_file {path} belongs to another user")
+            return "belongs to another user"
         if st.st_size != want:
-            raise InvalidInput(f"pixels_file {path} has {st.st_size} bytes; the header announces {want}")
+            return f"has {st.st_size} bytes; the header announces {want}"
         at = 0
         for buf in buffers:
             got = 0
             while got < len(buf):
                 n = os.preadv(fd, [buf[got:]], at + got)
                 if n == 0:
-                    raise InvalidInput(f"pixels_file {path} was truncated while being read")
+                    return "truncated while being read"
                 got += n
             at += got
+        return None
     finally:
         os.close(fd)

@@ -143,7 +143,12 @@ class _Grpc:
                     call.cancel()
                     return
         threading.Thread(target=watch, daemon=True).start()
-        out, fg = bytearray(), bytearray()
+        # Sized up front (GRAY8/16 matte, RGB8/16 colours): chunks land in place.
+        n = header["width"] * header["height"]
+        deep = header["matte_depth"] == 1
+        out = bytearray(n * (2 if deep else 1))
+        fg = bytearray(n * 3 * (1 if header["format"] in (1, 2, 3, 4, 5) else 2)
+                       if header.get("return_foreground") else 0)
         summary = None
         try:
             for resp in call:
@@ -157,8 +162,8 @@ class _Grpc:
                 elif kind == "chunk" and resp.chunk.plane in (2, 3):
                     target = out if resp.chunk.plane == 2 else fg
                     end = resp.chunk.offset + len(resp.chunk.data)
-                    if len(target) < end:
-                        target.extend(b"\0" * (end - len(target)))
+                    if end > len(target):
+                        raise LayermatteError("the daemon sent more data than the layer holds")
                     target[resp.chunk.offset:end] = resp.chunk.data
                 elif kind == "summary":
                     summary = {"model_id": resp.summary.model_id, "provider": resp.summary.provider,
