@@ -158,15 +158,18 @@ def write(path: Path, rows, rounds: int) -> None:
         "rotated each round) after one warm-up per contender and size. Photo: skimage's astronaut "
         "resized to each size. The machine is a shared VM: run-to-run spread is ~±5%, so ratios "
         "within a few percent of a target are ties.", "",
-        "- **model**: the daemon's own session (`Engine.load`: the ONNX file with only the matte "
-        "kept as a graph output), `session.run` on a ready input tensor: the floor.",
-        "- **model file**: the ONNX file as it is (all twelve of ISNet's outputs), same session "
-        "options: what rembg runs.",
+        "- **model**: the daemon's own session (`Engine.load`: the ONNX graph with only the matte "
+        "kept as an output and, on CPU, float32 weights; `graph.py`), `session.run` on a ready "
+        "input tensor: the floor.",
+        "- **model file**: the ONNX file as it is (float16, all twelve of ISNet's outputs), same "
+        "session options: what rembg runs.",
         "- **daemon**: client pixels in → full-resolution, edge-aware refined matte out, over the "
-        "unix socket (`Client.matte`).",
+        "unix socket (`Client.matte`; layers of 1 MiB and more go over in a /dev/shm file, "
+        "`localfile.py`).",
         "- **daemon cut-out**: the same, also returning the cut-out's colours (what rembg returns).",
         "- **plug-in path**: the editors' own client (`plugins/common/layermatte_lite.py`, gRPC "
-        "from raw RGBA bytes, as GIMP and Krita send them), driven outside the editor.",
+        "from raw RGBA bytes, as GIMP and Krita send them, through /dev/shm like the CLI's), "
+        "driven outside the editor.",
         "- **rembg**: rembg's resident `dis_custom` session on the same ONNX file and with the "
         "daemon's session options (`engine.session_options`), decoded image in, cut-out image out "
         "(no file encoding on either side).",
