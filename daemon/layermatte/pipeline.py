@@ -253,10 +253,7 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
             if alpha is not None and not opts.ignore_layer_alpha:
-                la = alpha[a0:a1].astype(np.float32) * np.float32(1.0 / fmt.max_value)
-                if fmt.dtype.kind == "f":   # float layers may carry alpha outside 0..1
-                    np.clip(la, 0.0, 1.0, out=la)
-                q = q * la
+                q = _times_layer_alpha(q, pixels[a0:a1], fmt)
             around = q
             q = q[y0 - a0: y0 - a0 + (y1 - y0)]
             if out_dtype == np.uint8:   # q is in 0..1: OpenCV's rounding conversion, one pass
@@ -281,6 +278,17 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
     check()
     return MatteResult(matte=matte, foreground=fg, stage_ms=timer.ms, coarse=coarse,
                        model_id=model.spec.id if model else "", provider=model.provider if model else "")
+
+
+def _times_layer_alpha(q: np.ndarray, rows: np.ndarray, fmt: PixelFormat) -> np.ndarray:
+    """The matte limited by the layer's own alpha (q is not written)."""
+    if fmt.dtype.kind == "u":
+        a = cv2.extractChannel(rows, fmt.channels - 1)
+        if cv2.minMaxLoc(a)[0] == fmt.max_value:   # opaque rows, the usual case: nothing to do
+            return q
+        return cv2.multiply(q, a, scale=1.0 / fmt.max_value, dtype=cv2.CV_32F)
+    # Float layers may carry alpha outside 0..1.
+    return q * np.clip(rows[..., -1], 0.0, 1.0).astype(np.float32)
 
 
 def _all(pool: ThreadPoolExecutor, fn, args: list[tuple]) -> None:
