@@ -210,6 +210,7 @@ def test_editor_client_hands_big_layers_over_in_a_file(daemon, photos, monkeypat
     monkeypatch.syspath_prepend(str(lite_dir))
     import layermatte_lite as lite
     monkeypatch.setenv("LAYERMATTE_SOCKET", str(daemon.socket))
+    monkeypatch.setenv("LAYERMATTE_BIN", str(Path(sys.executable).parent / "layermatte"))
     made = []
     real = lite._shared_file
     monkeypatch.setattr(lite, "_shared_file", lambda planes: made.append(real(planes)) or made[-1])
