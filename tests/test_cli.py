@@ -207,10 +207,15 @@ def test_editor_client_hands_big_layers_over_in_a_file(daemon, photos, monkeypat
     shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
     from layermatte.cli.install import descriptor_file
     shutil.copy(descriptor_file(), lite_dir)
-    monkeypatch.syspath_prepend(str(lite_dir))
-    import layermatte_lite as lite
+    import importlib.util   # a module of its own, not whichever copy an earlier test imported
+    spec = importlib.util.spec_from_file_location("layermatte_lite_file", lite_dir / "layermatte_lite.py")
+    lite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lite)
+    for name in ("LAYERMATTE_ADDRESS", "LAYERMATTE_TRANSPORT"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LAYERMATTE_SOCKET", str(daemon.socket))
     monkeypatch.setenv("LAYERMATTE_BIN", str(Path(sys.executable).parent / "layermatte"))
+    assert lite.grpc_available() and lite.resolve_address() == daemon.address
     made = []
     real = lite._shared_file
     monkeypatch.setattr(lite, "_shared_file", lambda planes: made.append(real(planes)) or made[-1])
