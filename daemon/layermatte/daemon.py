@@ -38,7 +38,7 @@ class _Entry:
     matte: np.ndarray
     guide: np.ndarray | None
     small: np.ndarray | None = None
-    fmt: object = None
+    fmt: formats.PixelFormat | None = None
 
     @property
     def nbytes(self) -> int:

@@ -7,7 +7,7 @@ Two changes, each measured on ISNet (2 cores, 1024² input):
 - For the CPU provider, float16 weights become float32. The CPU kernels
   compute in float32 anyway, so onnxruntime wraps every float16 node in
   casts and keeps both copies of the buffers: the float32 graph gives the
-  same matte (max difference 2e-5), ~10% faster, and a run's resident size
+  same matte (max difference 2e-5), 5-10% faster, and a run's resident size
   is ~250 MB smaller. GPU providers keep float16, which they run natively.
 
 The derived copy is written into the model cache (named by the download's

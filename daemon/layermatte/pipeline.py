@@ -209,7 +209,7 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
 
 def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -> MatteResult:
     h, w = pixels.shape[:2]
-    colour, alpha = formats.split(pixels, fmt)
+    colour, _ = formats.split(pixels, fmt)
 
     with timer("upsample"):
         coef = None if opts.plain_upsample else refine.upsampling_coefficients(
@@ -263,7 +263,7 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
             guide = formats.to_float(colour[a0:a1], fmt) if need else None
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
-            if alpha is not None and not opts.ignore_layer_alpha:
+            if fmt.has_alpha and not opts.ignore_layer_alpha:
                 q = _times_layer_alpha(q, pixels[a0:a1], fmt)
             around = q
             q = q[y0 - a0: y0 - a0 + (y1 - y0)]

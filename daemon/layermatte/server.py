@@ -100,12 +100,15 @@ class MattingServicer(pb_grpc.MattingServicer):
         planes = {pb.PLANE_PIXELS: np.empty(job.pixel_bytes, np.uint8)}
         if not job.use_model:
             planes[pb.PLANE_GUIDE_MASK] = np.empty(job.guide_bytes, np.uint8)
-        unusable = job.pixels_file and localfile.read_planes(
-            job.pixels_file, [memoryview(b) for b in planes.values()], context.peer())
-        if unusable:
-            log.info("request %s: pixels_file %s not used (%s): reading chunks",
-                     job.request_id or "-", job.pixels_file, unusable)
-        if job.pixels_file and not unusable:
+        from_file = False
+        if job.pixels_file:
+            why_not = localfile.read_planes(job.pixels_file, [memoryview(b) for b in planes.values()],
+                                            context.peer())
+            from_file = why_not is None
+            if not from_file:
+                log.info("request %s: pixels_file %s not used (%s): reading chunks",
+                         job.request_id or "-", job.pixels_file, why_not)
+        if from_file:
             yield pb.MatteResponse(progress=pb.Progress(stage="receive", fraction=0.05, from_file=True))
         else:
             # Tells the client it was admitted and the header accepted.
@@ -274,7 +277,6 @@ class ServeConfig:
 
 class AlreadyRunning(Exception):
     pass
-
 
 
 def _receive_chunks(requests, planes: dict, job, cancel: threading.Event):

@@ -37,6 +37,7 @@ FORMATS = {"RGBA8": (1, 4), "RGB8": (2, 3), "GRAY8": (3, 1), "GRAYA8": (4, 2), "
 OPTION_FLAGS = {"feather": "--feather", "shift": "--shift", "smooth": "--smooth",
                 "contrast": "--contrast"}
 QUALITY = {"fast": 0, "hq": 1}  # options["quality"] -> Refinement.quality
+EIGHT_BIT = {code for name, (code, _) in FORMATS.items() if name.endswith("8")}  # RGB8 colours back
 
 
 class LayermatteError(Exception):
@@ -147,7 +148,7 @@ class _Grpc:
         n = header["width"] * header["height"]
         deep = header["matte_depth"] == 1
         out = bytearray(n * (2 if deep else 1))
-        fg = bytearray(n * 3 * (1 if header["format"] in (1, 2, 3, 4, 5) else 2)
+        fg = bytearray(n * 3 * (1 if header["format"] in EIGHT_BIT else 2)
                        if header.get("return_foreground") else 0)
         summary = None
         try:
