@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from conftest import iou, with_alpha
+from layermatte.pipeline import MatteOptions
 
 
 def lm(*args, env=None, input=None, timeout=300):
@@ -216,13 +217,19 @@ def test_editor_client_hands_big_layers_over_in_a_file(daemon, photos, monkeypat
     monkeypatch.setenv("LAYERMATTE_SOCKET", str(daemon.socket))
     monkeypatch.setenv("LAYERMATTE_BIN", str(Path(sys.executable).parent / "layermatte"))
     assert lite.grpc_available() and lite.resolve_address() == daemon.address
-    made = []
-    real = lite._shared_file
+    made, answers = [], []
+    real, real_answer = lite._shared_file, lite._empty_file
     monkeypatch.setattr(lite, "_shared_file", lambda planes: made.append(real(planes)) or made[-1])
-    rgba = with_alpha(cv2.resize(photos["astronaut"], (900, 700)))
-    matte, _ = lite.matte(900, 700, "RGBA8", rgba.tobytes())
+    monkeypatch.setattr(lite, "_empty_file", lambda: answers.append(real_answer()) or answers[-1])
+    w, h = 1280, 900   # a matte of 1 MiB and more comes back in a file too
+    rgba = with_alpha(cv2.resize(photos["astronaut"], (w, h)))
+    opts = {"foreground": True, "decontaminate": True}
+    matte, summary = lite.matte(w, h, "RGBA8", rgba.tobytes(), options=opts)
     assert len(made) == 1 and made[0] and made[0].startswith("/dev/shm/")
-    assert not Path(made[0]).exists()
+    assert len(answers) == 1 and answers[0] and answers[0].startswith("/dev/shm/")
+    assert not Path(made[0]).exists() and not Path(answers[0]).exists()
+    assert "result_file " + answers[0] not in daemon.log.read_text()   # it was used
     with daemon.client(tcp=True) as c:
-        streamed = c.matte(rgba).matte
-    assert matte == streamed.tobytes()
+        streamed = c.matte(rgba, options=MatteOptions(decontaminate=True, return_foreground=True))
+    assert matte == streamed.matte.tobytes()
+    assert summary["foreground"] == streamed.foreground.tobytes()

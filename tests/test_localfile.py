@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import grpc
 import numpy as np
 import pytest
 
 from conftest import with_alpha
 from layermatte import localfile
+from layermatte.pipeline import MatteOptions
 from layermatte.proto.layermatte.v1 import matting_pb2 as pb
 from layermatte.proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 
@@ -136,3 +138,86 @@ def test_client_streams_chunks_when_the_daemon_cannot_see_its_file(daemon, photo
         reply = c.matte(rgba)
     assert reply.matte[120, 230] > 200 and reply.matte[30, 30] < 30
     assert "No such file" in daemon.log.read_text()
+
+
+# -- the answer in a file (MatteHeader.result_file) ---------------------------------
+def answer_file(tmp_path, content: bytes = b""):
+    path = tmp_path / "answer.out"
+    path.write_bytes(content)
+    return path
+
+
+def test_daemon_writes_the_answer_into_the_empty_file(daemon, photos, tmp_path):
+    rgba = with_alpha(photos["astronaut"])
+    rgba[:16, 32:48] = 0   # pixels no other test sends
+    _, header = layer_file(tmp_path, rgba)
+    answer = answer_file(tmp_path)
+    header.result_file = str(answer)
+    header.return_foreground = True
+    header.refinement.decontaminate = True
+    code, details, responses = call(daemon.address, header)
+    assert code == grpc.StatusCode.OK, details
+    assert not any(r.WhichOneof("kind") == "chunk" for r in responses)
+    assert responses[-1].summary.result_in_file
+    with daemon.client(tcp=True) as c:   # TCP: chunks
+        streamed = c.matte(rgba, options=MatteOptions(decontaminate=True, return_foreground=True))
+    assert answer.read_bytes() == streamed.matte.tobytes() + streamed.foreground.tobytes()
+
+
+@pytest.mark.parametrize("case,words", [
+    ("not-empty", "not empty"), ("missing", "No such file"), ("symlink", "symbolic links"),
+    ("fifo", "No such device or address"), ("tcp", "accepted only over the daemon's unix socket"),
+])
+def test_unusable_answer_file_gets_chunks_and_stays_as_it_was(daemon, tmp_path, case, words):
+    """Only a fresh empty file of the daemon's user is written: a wrong path
+    cannot overwrite anyone's data, and the matte still comes, in chunks."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 2:6] = 255
+    header = pb.MatteHeader(width=8, height=8, format=pb.PIXEL_FORMAT_RGBA8,
+                            request_id=f"answer-{case}")
+    answer = answer_file(tmp_path, b"precious" if case == "not-empty" else b"")
+    header.result_file = str(answer)
+    if case == "missing":
+        answer.unlink()
+    elif case == "symlink":
+        link = tmp_path / "link.out"
+        link.symlink_to(answer)
+        header.result_file = str(link)
+    elif case == "fifo":
+        answer.unlink()
+        os.mkfifo(answer)
+    address = daemon.tcp if case == "tcp" else daemon.address
+    code, details, responses = call(address, header, rgba.tobytes())
+    assert code == grpc.StatusCode.OK, details
+    assert not responses[-1].summary.result_in_file
+    assert matte_of(responses).reshape(8, 8)[3, 3] > 200
+    if case in ("not-empty", "symlink", "tcp"):
+        assert answer.read_bytes() == (b"precious" if case == "not-empty" else b"")
+    log = [ln for ln in daemon.log.read_text().splitlines() if f"answer-{case}" in ln]
+    assert any("result_file" in ln and "not used" in ln and words in ln for ln in log), log
+
+
+def test_fifo_as_layer_file_does_not_hang_the_daemon(daemon, tmp_path):
+    rgba = np.full((8, 8, 4), 255, np.uint8)
+    fifo = tmp_path / "layer.fifo"
+    os.mkfifo(fifo)
+    header = pb.MatteHeader(width=8, height=8, format=pb.PIXEL_FORMAT_RGBA8,
+                            pixels_file=str(fifo), request_id="fifo-layer")
+    code, details, responses = call(daemon.address, header, rgba.tobytes())
+    assert code == grpc.StatusCode.OK, details
+    assert not any(r.progress.from_file for r in responses)
+    assert "not a regular file" in daemon.log.read_text()
+
+
+def test_client_reads_the_answer_file_and_removes_it(daemon, photos, monkeypatch):
+    made = []
+    real = localfile.empty_file
+    monkeypatch.setattr(localfile, "empty_file", lambda: made.append(real()) or made[-1])
+    rgba = with_alpha(cv2.resize(photos["astronaut"], (1100, 1000)))   # a matte above 1 MiB
+    with daemon.client() as c:
+        reply = c.matte(rgba)
+        small = c.matte(with_alpha(photos["astronaut"]))   # below 1 MiB: chunks are as fast
+    assert len(made) == 1 and made[0].parent == localfile.SHM and not made[0].exists()
+    assert reply.summary["result_in_file"] and not small.summary["result_in_file"]
+    with daemon.client(tcp=True) as c:
+        assert np.array_equal(c.matte(rgba).matte, reply.matte)

@@ -79,6 +79,7 @@ def test_layer_above_40mb_streams_and_matches(daemon, photos, astro_matte, tcp):
     with daemon.client(tcp=tcp) as c:
         reply = c.matte(big, progress=lambda s, f: stages.append((s, f)))
     assert reply.matte.shape == (3500, 3500)
+    assert reply.summary["result_in_file"] is (not tcp)   # the answer came in /dev/shm, or in chunks
     check_astronaut(reply.matte, scale=3500 / 512)
     small = cv2.resize(reply.matte, (512, 512), interpolation=cv2.INTER_AREA)
     assert iou(small, astro_matte.matte) > 0.97

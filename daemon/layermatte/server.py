@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fcntl
-import hmac
 import logging
 import os
 import queue
@@ -20,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import localfile, paths, wire
+from .interceptors import DecodeGuard, TokenInterceptor
 from .daemon import Daemon
 from .errors import Cancelled, InvalidInput, LayermatteError
 from .proto.layermatte.v1 import matting_pb2 as pb
@@ -151,15 +151,23 @@ class MattingServicer(pb_grpc.MattingServicer):
         pixels = guide = None
         t_send = time.perf_counter()
         yield pb.MatteResponse(progress=pb.Progress(stage="send", fraction=0.96))
-        for plane, arr in ((pb.PLANE_MATTE, result.matte), (pb.PLANE_FOREGROUND, result.foreground)):
-            if arr is None:
-                continue
-            view = memoryview(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
-            for off in range(0, len(view), OUT_CHUNK):
-                if cancel.is_set():
-                    return
-                yield pb.MatteResponse(chunk=pb.MatteChunk(plane=plane, offset=off,
-                                                           data=bytes(view[off:off + OUT_CHUNK])))
+        out = [(plane, memoryview(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)))
+               for plane, arr in ((pb.PLANE_MATTE, result.matte),
+                                  (pb.PLANE_FOREGROUND, result.foreground)) if arr is not None]
+        in_file = False
+        if job.result_file:
+            why_not = localfile.write_result(job.result_file, [v for _, v in out], context.peer())
+            in_file = why_not is None
+            if not in_file:
+                log.info("request %s: result_file %s not used (%s): sending chunks",
+                         job.request_id or "-", job.result_file, why_not)
+        if not in_file:
+            for plane, view in out:
+                for off in range(0, len(view), OUT_CHUNK):
+                    if cancel.is_set():
+                        return
+                    yield pb.MatteResponse(chunk=pb.MatteChunk(plane=plane, offset=off,
+                                                               data=bytes(view[off:off + OUT_CHUNK])))
         stage_ms = dict(result.stage_ms, receive=receive_ms,
                         send=(time.perf_counter() - t_send) * 1000,
                         total=(time.perf_counter() - t0) * 1000)
@@ -167,7 +175,7 @@ class MattingServicer(pb_grpc.MattingServicer):
             request_id=job.request_id, model_id=result.model_id, provider=result.provider,
             width=job.width, height=job.height,
             matte_depth=pb.MATTE_DEPTH_U16 if job.options.depth16 else pb.MATTE_DEPTH_U8,
-            stage_ms=stage_ms))
+            stage_ms=stage_ms, result_in_file=in_file))
         log.info("request %s done in %.0f ms", job.request_id or "-", stage_ms["total"])
 
     def ListModels(self, request, context):
@@ -180,90 +188,6 @@ class MattingServicer(pb_grpc.MattingServicer):
             _abort(context, e)
         return pb.LoadModelResponse(model_id=model.spec.id, provider=model.provider,
                                     load_ms=model.load_ms if fresh else 0.0)
-
-
-class _Undecodable:
-    """Stands in for a request message that is not valid protobuf for its method."""
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-
-class DecodeGuard(grpc.ServerInterceptor):
-    """grpc answers a request message that does not parse with INTERNAL
-    ("Exception deserializing request!") and logs a traceback; bytes a client
-    got wrong are INVALID_ARGUMENT, on every service of the daemon."""
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        parse, method = handler.request_deserializer, details.method
-
-        def safe(data):
-            try:
-                return parse(data)
-            except Exception as e:  # DecodeError, invalid UTF-8 in a string field, ...
-                return _Undecodable(e)
-
-        def refuse(context, bad):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{method}: request message is not valid protobuf ({bad.error})")
-
-        def checked(requests):
-            for r in requests:
-                if isinstance(r, _Undecodable):
-                    raise InvalidInput(f"{method}: request message is not valid protobuf ({r.error})")
-                yield r
-
-        if not handler.request_streaming:
-            name = "unary_stream" if handler.response_streaming else "unary_unary"
-            inner = getattr(handler, name)
-            if handler.response_streaming:
-                def behaviour(request, context):
-                    if isinstance(request, _Undecodable):
-                        refuse(context, request)
-                    yield from inner(request, context)
-            else:
-                def behaviour(request, context):
-                    if isinstance(request, _Undecodable):
-                        refuse(context, request)
-                    return inner(request, context)
-        else:
-            name = "stream_stream" if handler.response_streaming else "stream_unary"
-            inner = getattr(handler, name)
-            if handler.response_streaming:
-                def behaviour(requests, context):
-                    try:
-                        yield from inner(checked(requests), context)
-                    except InvalidInput as e:  # services that let it escape (reflection)
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            else:
-                def behaviour(requests, context):
-                    try:
-                        return inner(checked(requests), context)
-                    except InvalidInput as e:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        return handler._replace(request_deserializer=safe, **{name: behaviour})
-
-
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Every call on a TCP listener with a token must carry
-    `authorization: Bearer <token>` (compared in constant time)."""
-
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation, details):
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
-            return continuation(details)
-        return self._deny_stream if details.method.endswith("/Matte") else self._deny
 
 
 @dataclass

@@ -24,6 +24,7 @@ class MatteJob:
     options: MatteOptions
     use_model: bool
     pixels_file: str = ""   # the unix-socket fast path (localfile.py); "" = chunks follow
+    result_file: str = ""   # the same for the answer; "" = chunks back
 
     @property
     def pixel_bytes(self) -> int:
@@ -64,7 +65,7 @@ def job_from_header(h: pb.MatteHeader) -> MatteJob:
                         return_foreground=h.return_foreground)
     return MatteJob(request_id=h.request_id, width=h.width, height=h.height, format=fmt,
                     model_id=h.model_id, options=opts, use_model=h.source == pb.MATTE_SOURCE_MODEL,
-                    pixels_file=h.pixels_file)
+                    pixels_file=h.pixels_file, result_file=h.result_file)
 
 
 def header_from_job(*, width: int, height: int, format_code: int, model_id: str = "",

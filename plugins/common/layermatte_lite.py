@@ -120,6 +120,13 @@ class _Grpc:
         shared = _shared_file(planes) if self.address.startswith("unix:") else None
         if shared:
             hdr.pixels_file = shared
+        n = header["width"] * header["height"]
+        sizes = (n * (2 if header["matte_depth"] == 1 else 1),
+                 n * 3 * (1 if header["format"] in EIGHT_BIT else 2) if header.get("return_foreground") else 0)
+        # ... and the matte comes back in a file the daemon fills, when it can.
+        answer = _empty_file() if shared and sizes[0] >= CHUNK else None
+        if answer:
+            hdr.result_file = answer
         decided, from_file = threading.Event(), [False]
 
         def requests():
@@ -145,11 +152,7 @@ class _Grpc:
                     return
         threading.Thread(target=watch, daemon=True).start()
         # Sized up front (GRAY8/16 matte, RGB8/16 colours): chunks land in place.
-        n = header["width"] * header["height"]
-        deep = header["matte_depth"] == 1
-        out = bytearray(n * (2 if deep else 1))
-        fg = bytearray(n * 3 * (1 if header["format"] in EIGHT_BIT else 2)
-                       if header.get("return_foreground") else 0)
+        out, fg = bytearray(sizes[0]), bytearray(sizes[1])
         summary = None
         try:
             for resp in call:
@@ -169,6 +172,8 @@ class _Grpc:
                 elif kind == "summary":
                     summary = {"model_id": resp.summary.model_id, "provider": resp.summary.provider,
                                "stage_ms": dict(resp.summary.stage_ms)}
+                    if resp.summary.result_in_file:
+                        out, fg = _read_answer(answer, sizes)
         except self.grpc.RpcError as e:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled") from None
@@ -179,10 +184,11 @@ class _Grpc:
             stop.set()
             decided.set()
             _remove(shared)
+            _remove(answer)
         if summary is None:
             raise LayermatteError("the daemon closed the connection before finishing")
         if header.get("return_foreground"):
-            summary["foreground"] = bytes(fg)
+            summary["foreground"] = bytes(fg)   # no copy when already bytes
         return bytes(out), summary
 
 
@@ -200,6 +206,30 @@ def _shared_file(planes) -> str | None:
         _remove(name)
         return None
     return name
+
+
+def _empty_file() -> str | None:
+    import tempfile
+    try:
+        fd, name = tempfile.mkstemp(prefix="layermatte-", suffix=".out", dir="/dev/shm")
+    except OSError:
+        return None
+    os.close(fd)
+    return name
+
+
+def _read_answer(name: str | None, sizes) -> tuple[bytes, bytes]:
+    """The matte (and colours) the daemon wrote into our answer file."""
+    if not name:
+        raise LayermatteError("the daemon answered in a file this plug-in did not offer")
+    try:
+        with open(name, "rb") as f:
+            planes = tuple(f.read(size) for size in sizes)
+    except OSError as e:
+        raise LayermatteError(f"could not read the daemon's answer: {e}") from None
+    if tuple(len(p) for p in planes) != tuple(sizes):
+        raise LayermatteError("the daemon's answer file is shorter than the layer")
+    return planes
 
 
 def _remove(name: str | None) -> None:
