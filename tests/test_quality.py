@@ -227,3 +227,43 @@ def test_coarse_cache_keeps_8_and_16_bit_guides_compact_and_exact(code, photos):
     kept = cache._items[prepared.digest][1].nbytes
     full = matte.nbytes + prepared.guide.nbytes
     assert kept == (full if fmt.dtype.kind == "f" else matte.nbytes + prepared.guide.size * fmt.dtype.itemsize)
+
+
+def test_sure_levels_hold_for_any_colour():
+    """Where sure_levels says empty or full, a·I + b rounds there for every
+    colour, at the extremes of each channel too."""
+    rng = np.random.default_rng(3)
+    ab = np.zeros((64, 64, 4), np.float32)
+    ab[..., :3] = rng.normal(0, 10 ** rng.uniform(-5, -1, (64, 64, 1)), (64, 64, 3))
+    ab[..., 3] = rng.choice([0.0, 1.0, 0.5, 0.001, 0.999], (64, 64))
+    levels = refine.sure_levels(ab, 255.0)
+    assert (levels == 0).sum() > 300 and (levels == 1).sum() > 300 and (levels == -1).sum() > 300
+    for trial in range(20):
+        rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        if trial < 8:   # the corners of the colour cube
+            rgb[:] = [(trial >> k & 1) * 255 for k in range(3)]
+        q = refine.apply_guided_int(ab, refine.with_unit(rgb, 255), 255, 64, 64, 0, 64)
+        out = cv2.convertScaleAbs(q, alpha=255.0)
+        assert (out[levels == 0] == 0).all() and (out[levels == 1] == 255).all()
+
+
+def test_sure_spans_are_skipped_and_the_matte_stays(hair, monkeypatch):
+    """A layer many times the coefficients' grid: background and inside are
+    written, not computed, and the matte is the computed one (OpenCV's
+    SIMD lanes may move an exact half one level, nothing more)."""
+    img, _, _, coarse, _ = hair
+    big = cv2.resize(img, (4096, 3072), interpolation=cv2.INTER_LINEAR)
+    skipped = []
+    real = refine.sure_spans
+
+    def counting(*args, **kw):
+        spans = real(*args, **kw)
+        skipped.extend(level >= 0 for _, _, level in spans)
+        return spans
+    monkeypatch.setattr(refine, "sure_spans", counting)
+    fast = pipeline.run(big, RGB8, MatteOptions(), guide_mask=coarse, threads=2).matte
+    assert sum(skipped) > 0.2 * len(skipped)
+    monkeypatch.setattr(refine, "sure_levels", lambda ab, top: None)
+    full = pipeline.run(big, RGB8, MatteOptions(), guide_mask=coarse, threads=2).matte
+    diff = np.abs(fast.astype(int) - full)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4

@@ -221,11 +221,28 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
             top = int(fmt.max_value)
             ab = np.ascontiguousarray(coef.ab[..., [2, 1, 0, 3]]) if fmt.bgr else coef.ab
 
+        out_dtype = np.uint16 if opts.depth16 else np.uint8
+        out_max = 65535.0 if opts.depth16 else 255.0
+        # Where the output level is sure whatever the colours, it is written, not computed.
+        # Worth it when the layer is much larger than the coefficients' grid.
+        levels = None
+        if direct and opts.quality == "fast" and w * h >= 4 * ab.shape[0] * ab.shape[1]:
+            levels = refine.sure_levels(ab, out_max)
+
         def raw(a0: int, a1: int, guide=None) -> np.ndarray:
             if coef is None:
                 return refine.resize_rows(coarse.matte, w, h, a0, a1)
-            if direct:
+            if direct and levels is None:
                 return refine.apply_guided_int(ab, refine.with_unit(pixels[a0:a1], top), top, w, h, a0, a1)
+            if direct:
+                q = np.empty((a1 - a0, w), np.float32)
+                for x0, x1, level in refine.sure_spans(levels, w, h, a0, a1):
+                    if level >= 0:
+                        q[:, x0:x1] = level
+                    else:
+                        refine.apply_guided_int(ab, refine.with_unit(pixels[a0:a1, x0:x1], top), top,
+                                                w, h, a0, a1, x0, x1, out=q[:, x0:x1])
+                return q
             return refine.apply_guided(coef, guide if guide is not None else
                                        formats.to_float(colour[a0:a1], fmt), w, h, a0, a1)
 
@@ -239,8 +256,6 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
             _all(pool, fill, [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)])
             _band_matting(pool, full, colour, fmt, refine.hq_weight(coarse.matte, coef.gate), check, progress)
 
-        out_dtype = np.uint16 if opts.depth16 else np.uint8
-        out_max = 65535.0 if opts.depth16 else 255.0
         matte = np.empty((h, w), out_dtype)
         fg = None
         if opts.return_foreground:
