@@ -4,7 +4,7 @@ Same photo (skimage's astronaut, resized), same ONNX file (the default
 ISNet), same machine, contenders interleaved round by round; medians are
 reported and every ratio is computed from numbers of this run only.
 
-    .venv/bin/python bench/bench_e2e.py [--rounds 5] [--out bench/RESULTS.md]
+    .venv/bin/python bench/bench_e2e.py [--rounds 7] [--out bench/RESULTS.md]
 
 Needs the bench extra (pip install -e .[bench]) for rembg.
 """
@@ -35,7 +35,7 @@ def photo(w: int, h: int) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     ap.add_argument("--sizes", type=int, default=len(SIZES), help="only the first N sizes (quick check)")
     ap.add_argument("--skip-alpha-matting", action="store_true",
@@ -127,7 +127,7 @@ def main() -> None:
                 remove(pil, session=rembg_session, alpha_matting=True)
                 med["rembg alpha_matting"] = (time.perf_counter() - t0) * 1000
             stages = {k: statistics.median(s[k] for s in stage_ms) for k in stage_ms[0]}
-            rows.append(((w, h), med, stages))
+            rows.append(((w, h), med, stages, times))
             print(f"{w}x{h}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in med.items()), flush=True)
     finally:
         client.close()
@@ -156,8 +156,9 @@ def write(path: Path, rows, rounds: int) -> None:
         f"({cpu}), onnxruntime {ort.__version__}, provider CPUExecutionProvider, default model "
         f"isnet-general (fp16 ISNet, 1024² input). Medians of {rounds} interleaved rounds (order "
         "rotated each round) after one warm-up per contender and size. Photo: skimage's astronaut "
-        "resized to each size. The machine is a shared VM: run-to-run spread is ~±5%, so ratios "
-        "within a few percent of a target are ties.", "",
+        "resized to each size. The machine is a shared VM whose speed drifts (see the ratios below): "
+        "absolute times are only comparable within a row, and ratios within a few percent of a "
+        "target are ties.", "",
         "- **model**: the daemon's own session (`Engine.load`: the ONNX graph with only the matte "
         "kept as an output and, on CPU, float32 weights; `graph.py`), `session.run` on a ready "
         "input tensor: the floor.",
@@ -178,24 +179,29 @@ def write(path: Path, rows, rounds: int) -> None:
         "| size | model | model file | daemon | daemon cut-out | plug-in path | rembg | rembg alpha_matting |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (w, h), med, _ in rows:
+    for (w, h), med, _, _ in rows:
         am = med.get("rembg alpha_matting")
         lines.append(f"| {w}×{h} | " + " | ".join(f"{med[k]:.0f} ms" for k in (
             "model", "model file", "daemon", "daemon cut-out", "plug-in path", "rembg"))
             + " | " + (f"{am:.0f} ms" if am else "–") + " |")
-    lines += ["", "Ratios (same run):", "",
+    lines += ["", "Ratios: the median over rounds of each round's own ratio. The VM's speed drifts by "
+              "up to 2x within minutes (the model alone has measured 720 to 1800 ms), so two "
+              "contenders are compared on runs seconds apart, not on medians taken over minutes.", "",
               "| size | daemon / model | plug-in / model | rembg / daemon | rembg / daemon cut-out | "
               "rembg alpha_matting / daemon cut-out |",
               "|---|---:|---:|---:|---:|---:|"]
-    for (w, h), med, _ in rows:
+    for (w, h), med, _, times in rows:
         am = med.get("rembg alpha_matting")
-        lines.append(f"| {w}×{h} | {med['daemon'] / med['model']:.2f}× | {med['plug-in path'] / med['model']:.2f}× | "
-                     f"{med['rembg'] / med['daemon']:.2f}× | {med['rembg'] / med['daemon cut-out']:.2f}× | "
+
+        def paired(a: str, b: str) -> float:
+            return statistics.median(x / y for x, y in zip(times[a], times[b]))
+        lines.append(f"| {w}×{h} | {paired('daemon', 'model'):.2f}× | {paired('plug-in path', 'model'):.2f}× | "
+                     f"{paired('rembg', 'daemon'):.2f}× | {paired('rembg', 'daemon cut-out'):.2f}× | "
                      + (f"{am / med['daemon cut-out']:.1f}×" if am else "–") + " |")
     order = ["receive", "queue", "load", "preprocess", "inference", "upsample", "send", "total"]
     lines += ["", "Daemon stages (median ms, from the daemon's own summary):", "",
               "| size | " + " | ".join(order) + " |", "|---|" + "---:|" * len(order)]
-    for (w, h), _, stages in rows:
+    for (w, h), _, stages, _ in rows:
         lines.append(f"| {w}×{h} | " + " | ".join(f"{stages.get(k, 0):.0f}" for k in order) + " |")
     lines += ["", "Targets on CPU: issue 3 — daemon ≤ 1.15× model at 1024², ≤ 1.5× at 6000×4000, faster "
               "than rembg at every size; issue 9 — ≤ 1.1× at 1024², ≤ 1.3× at 6000×4000, ≥ 1.3× faster than "
