@@ -6,8 +6,9 @@ a copy per MiB on each side (~210 ms for a 96 MB 6000x4000 RGBA layer on
 2 cores). A client on the same machine instead writes the planes into a
 file in /dev/shm (memory, not disk) and names it in the header; the daemon
 reads it with one system call per plane (MatteHeader.pixels_file in the
-.proto), or, when it cannot, asks for chunks as usual. The daemon copies rather than maps the file, so a client that
-truncates or deletes it mid-request cannot crash the daemon (SIGBUS).
+.proto), or, when it cannot, asks for chunks as usual. The daemon copies
+rather than maps the file, so a client that truncates or deletes it
+mid-request cannot crash the daemon (SIGBUS).
 The answer goes back the same way (MatteHeader.result_file): the client
 creates an empty file, the daemon fills it and says so in the Summary,
 which saves the send (~50 ms for a 6000x4000 matte) and the client's
@@ -61,8 +62,9 @@ def empty_file() -> Path | None:
     return Path(name)
 
 
-def _open_checked(path: str, peer: str, flags: int) -> tuple[int | None, str | None]:
-    """An fd on the client's file, or why not: the rules both directions share."""
+def _open_checked(path: str, peer: str, flags: int) -> tuple[int | None, int | str]:
+    """(fd, size) on the client's file, or (None, why not): the rules both
+    directions share."""
     if not peer.startswith("unix:"):
         return None, "accepted only over the daemon's unix socket"
     if not os.path.isabs(path):
@@ -81,17 +83,31 @@ def _open_checked(path: str, peer: str, flags: int) -> tuple[int | None, str | N
     if why:
         os.close(fd)
         return None, why
-    return fd, None
+    return fd, st.st_size
+
+
+def _fill(fd: int, buffers: list[memoryview]) -> bool:
+    """Read the file from its start into the buffers; False when it ends first."""
+    at = 0
+    for buf in buffers:
+        got = 0
+        while got < len(buf):
+            n = os.preadv(fd, [buf[got:]], at + got)
+            if n == 0:
+                return False
+            got += n
+        at += got
+    return True
 
 
 def write_result(path: str, planes: list[memoryview], peer: str) -> str | None:
     """Write the answer's planes into the client's empty file. None when
     done; else why not, with the file left empty (the caller streams chunks)."""
-    fd, why = _open_checked(path, peer, os.O_WRONLY)
+    fd, size = _open_checked(path, peer, os.O_WRONLY)
     if fd is None:
-        return why
+        return size
     try:
-        if os.fstat(fd).st_size != 0:
+        if size != 0:
             return "not empty (only a fresh empty file is written)"
         try:
             _write_all(fd, planes)
@@ -106,16 +122,12 @@ def write_result(path: str, planes: list[memoryview], peer: str) -> str | None:
 def read_result(path: Path, targets: list[memoryview]) -> None:
     """Fill the client's buffers from the daemon's answer in the file."""
     want = sum(len(t) for t in targets)
-    with open(path, "rb", buffering=0) as f:
-        if os.fstat(f.fileno()).st_size != want:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if os.fstat(fd).st_size != want or not _fill(fd, targets):
             raise OSError(f"the daemon's answer in {path} is not {want} bytes")
-        for t in targets:
-            got = 0
-            while got < len(t):
-                n = f.readinto(t[got:])
-                if not n:
-                    raise OSError(f"the daemon's answer in {path} ended early")
-                got += n
+    finally:
+        os.close(fd)
 
 
 def read_planes(path: str, buffers: list[memoryview], peer: str) -> str | None:
@@ -123,23 +135,13 @@ def read_planes(path: str, buffers: list[memoryview], peer: str) -> str | None:
     when done; else why not, and the caller asks for chunks instead: a file
     the daemon cannot see is not an error (an editor in a sandbox such as
     Flatpak has its own /dev/shm), and nothing was sent back yet."""
-    fd, why = _open_checked(path, peer, os.O_RDONLY)
+    fd, size = _open_checked(path, peer, os.O_RDONLY)
     if fd is None:
-        return why
+        return size
     try:
-        st = os.fstat(fd)
         want = sum(len(b) for b in buffers)
-        if st.st_size != want:
-            return f"has {st.st_size} bytes; the header announces {want}"
-        at = 0
-        for buf in buffers:
-            got = 0
-            while got < len(buf):
-                n = os.preadv(fd, [buf[got:]], at + got)
-                if n == 0:
-                    return "truncated while being read"
-                got += n
-            at += got
-        return None
+        if size != want:
+            return f"has {size} bytes; the header announces {want}"
+        return None if _fill(fd, buffers) else "truncated while being read"
     finally:
         os.close(fd)

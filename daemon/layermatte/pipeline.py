@@ -232,11 +232,10 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
         def raw(a0: int, a1: int, guide=None) -> np.ndarray:
             if coef is None:
                 return refine.resize_rows(coarse.matte, w, h, a0, a1)
-            if direct and levels is None:
-                return refine.apply_guided_int(ab, refine.with_unit(pixels[a0:a1], top), top, w, h, a0, a1)
             if direct:
                 q = np.empty((a1 - a0, w), np.float32)
-                for x0, x1, level in refine.sure_spans(levels, w, h, a0, a1):
+                spans = [(0, w, -1)] if levels is None else refine.sure_spans(levels, w, h, a0, a1)
+                for x0, x1, level in spans:
                     if level >= 0:
                         q[:, x0:x1] = level
                     else:
