@@ -51,6 +51,17 @@ def test_testset_is_reproducible_and_has_the_hard_cases():
     assert inner.min() < 0.3 and np.median(inner) > 0.2   # see-through body 0.2-0.8
 
 
+def test_edge_fringe_keeps_outlines_and_leaves_out_the_middle_of_a_glass():
+    gt = testset.make_alpha(testset.Case("glass", 640, 480))
+    partial = (gt > 0.02) & (gt < 0.98)
+    fringe = metrics.edge_fringe(gt, 3)
+    assert not (fringe & ~partial).any()              # only partial pixels
+    dist = cv2.distanceTransform((~((gt <= 0.02) | (gt >= 0.98))).astype(np.uint8), cv2.DIST_L2, 5)
+    assert fringe[partial & (dist <= 2)].all()        # next to a sure pixel: in
+    assert not fringe[dist > 5].any()                 # deep in the see-through body: out
+    assert 0 < fringe.sum() < partial.sum() // 2
+
+
 def test_default_and_hq_beat_bilinear_on_hair_by_the_targets(hair):
     img, gt, _, coarse, band = hair
     err = {}

@@ -23,6 +23,16 @@ def unknown_band(gt: np.ndarray, radius: int) -> np.ndarray:
     return (cv2.erode(fg, k) == 0) & (cv2.erode(bg, k) == 0)
 
 
+def edge_fringe(gt: np.ndarray, radius: int) -> np.ndarray:
+    """Partial-alpha pixels within `radius` of a fully opaque or fully clear
+    one: where a halo shows along an outline. Unlike the unknown band it
+    leaves out the middle of a wide see-through body (a glass), whose
+    colours are a separation problem of their own rather than a fringe."""
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    sure = ((gt <= 0.02) | (gt >= 0.98)).astype(np.uint8)
+    return (cv2.dilate(sure, k) > 0) & (gt > 0.02) & (gt < 0.98)
+
+
 def sad(pred, gt, mask) -> float:
     return float(np.abs(pred - gt)[mask].sum(dtype=np.float64) / 1000)
 
