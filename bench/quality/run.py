@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 from quality import metrics, testset  # noqa: E402
 from quality.testset import Case  # noqa: E402
 
-from layermatte import formats, pipeline, refine  # noqa: E402
+from layermatte import decontaminate, formats, pipeline  # noqa: E402
 from layermatte.pipeline import MatteOptions  # noqa: E402
 
 SEED = 0
@@ -40,7 +40,7 @@ SIZES = {(2048, 1536): testset.KINDS, (3840, 2160): testset.KINDS, (6000, 4000):
 QUICK = {(1280, 960): ("hair", "fur", "defocus")}
 METHODS = {"bilinear": MatteOptions(plain_upsample=True), "default": MatteOptions(),
            "hq": MatteOptions(quality="hq")}
-STRANDS, SMOOTH = ("hair", "fur"), ("glass", "defocus", "motion")
+STRANDS, SMOOTH = ("hair", "fur"), ("glass", "tinted", "defocus", "motion")
 RGB8 = formats.lookup(formats.BY_NAME["RGB8"])
 
 
@@ -97,7 +97,7 @@ def evaluate(case: Case, threads: int) -> dict:
 def _decontaminate(img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The decontamination stage on its own, given the true matte: the same
     function the pipeline runs on each strip."""
-    f = refine.estimate_foreground(img.astype(np.float32) / 255, alpha)
+    f = decontaminate.decontaminate(img.astype(np.float32) / 255, alpha)
     return np.clip(f * 255 + 0.5, 0, 255).astype(np.uint8)
 
 

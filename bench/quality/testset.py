@@ -12,10 +12,15 @@ et al. (CVPR 2009):
            antialiased by 4x4 supersampling (coverage = alpha)
   fur      dense short 1–2 px strands all round a body (a fringe)
   glass    a smooth semi-transparent body, alpha 0.2–0.8, with a solid rim;
-           its colour is a tint (the photo's texture smoothed)
+           its colour is a tint (the photo's texture smoothed at 1.2% of the
+           short side: cup-sized patterns, as busy at large scale as the
+           background behind it)
   motion   a solid shape motion-blurred along a random direction
   defocus  a solid shape blurred by a disc (out-of-focus edge)
   solid    a plain antialiased shape (the easy case)
+  tinted   the glass body again, coloured like most real glass, veils and
+           smoke: its tint changes only across the object (the photo
+           smoothed at 15% of the short side)
 For motion and defocus the blur acts on the whole foreground layer, as a lens
 does: coverage and premultiplied colour are blurred together, so the true
 foreground colour at the edge is the local mean of the object's colours.
@@ -30,12 +35,13 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-KINDS = ("hair", "fur", "glass", "motion", "defocus", "solid")
+KINDS = ("hair", "fur", "glass", "motion", "defocus", "solid", "tinted")
 SS = 4                # supersampling factor for strand coverage
 FG_PHOTOS = {"hair": "chelsea", "fur": "chelsea", "glass": "coffee", "motion": "rocket",
-             "defocus": "astronaut", "solid": "coffee"}
+             "defocus": "astronaut", "solid": "coffee", "tinted": "coffee"}
 BG_PHOTOS = {"hair": "astronaut", "fur": "grass", "glass": "motorcycle", "motion": "coffee",
-             "defocus": "gravel", "solid": "rocket"}
+             "defocus": "gravel", "solid": "rocket", "tinted": "motorcycle"}
+TINT_SIGMA = {"glass": 12, "tinted": 150}   # the tint's smoothing, in 1/1000 of the short side
 
 
 @dataclass(frozen=True)
@@ -171,7 +177,7 @@ def _coverage(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
         roots, normals = _contour_normals(body, int(len(body) * 8 * max(1.0, u)), rng)
         fur = _strands(w, h, rng, roots, normals, (8 * u, 40 * u), (1.0, 2.0), 1.0)
         return np.maximum(alpha, fur), None
-    if case.kind == "glass":
+    if case.kind in TINT_SIGMA:
         body = _blob(w, h, rng, cx, cy, 180 * u, 300 * u, wobble=0.04)
         inside = _fill_aa(w, h, body)
         dist = cv2.distanceTransform((inside > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
@@ -200,6 +206,18 @@ def _coverage(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
     raise ValueError(f"unknown kind {case.kind!r}; one of {KINDS}")
 
 
+def _smooth(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur; past 64 px it is done at 1/k scale (k = sigma/16) and
+    scaled back, which a blur that wide cannot tell apart from the full one."""
+    if sigma <= 64:
+        return cv2.GaussianBlur(img, (0, 0), sigma)
+    k = int(sigma // 16)
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / k)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def make(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 HxWx3, alpha float32 HxW, foreground uint8 HxWx3)."""
     w, h = case.width, case.height
@@ -211,10 +229,10 @@ def make(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # foreground and background differ in colour but not trivially.
         fg = np.clip(fg.astype(np.float32) * (0.55, 0.45, 0.35), 0, 255).astype(np.uint8)
     bg = textured(BG_PHOTOS[case.kind], w, h, max(256, min(w, h) // 2))
-    if case.kind == "glass":
+    if case.kind in TINT_SIGMA:
         # A glass body's own colour is its tint, which varies slowly; the
         # photo's fine texture would be a picture printed on the glass.
-        fg = cv2.GaussianBlur(fg, (0, 0), 12 * min(w, h) / 1000.0)
+        fg = _smooth(fg, TINT_SIGMA[case.kind] * min(w, h) / 1000.0)
     if kernel is not None:
         # Lens and motion blur spread the foreground's light, not only its
         # coverage: the premultiplied colour is blurred with the same kernel,

@@ -18,7 +18,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from . import formats, refine
+from . import decontaminate, formats, refine
 from .catalog import ModelSpec
 from .engine import LoadedModel
 from .errors import Cancelled, InvalidInput
@@ -262,8 +262,10 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
         # Rows of context each strip reads: the edge controls' reach, and
         # decontamination's when it runs.
         halo = opts.edges.halo()
+        prior = None
         if opts.decontaminate and fg is not None:
-            halo = max(halo, refine.DECON_MARGIN)
+            halo = max(halo, decontaminate.DECON_MARGIN)
+            prior = decontaminate.tint_prior(coarse.guide, coarse.matte)   # both RGB, as strips read
         strips = [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)]
         done = [0]
         lock = threading.Lock()
@@ -291,7 +293,8 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
                 else:
                     g = guide
                     if opts.decontaminate:
-                        g = refine.estimate_foreground(g, around)
+                        g = decontaminate.estimate_foreground(
+                            g, around, None if prior is None else prior.rows(w, h, a0, a1))
                     g = g[y0 - a0: y0 - a0 + (y1 - y0)]
                     fmax = 255.0 if fg.dtype == np.uint8 else 65535.0
                     fg[y0:y1] = np.clip(g * fmax + 0.5, 0, fmax).astype(fg.dtype)

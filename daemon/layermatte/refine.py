@@ -1,4 +1,4 @@
-"""Full-resolution edge work: guided upsampling, edge controls, decontamination.
+"""Full-resolution edge work: guided upsampling and the designer's edge controls.
 
 Edge-aware upsampling is the Fast Guided Filter (He & Sun 2015,
 arXiv:1505.00996): the guided-filter coefficients (He, Sun & Tang, ECCV 2010)
@@ -6,7 +6,8 @@ are solved at the model's resolution against a downscaled guide, then
 upsampled and applied to the full-resolution image. The matte thus follows the
 real image edges at every pixel while the costly solve stays at ~1 MP.
 OpenCV's ximgproc guidedFilter (contrib) only filters at one resolution, which
-is why the low-res/high-res split is written here.
+is why the low-res/high-res split is written here. Edge colours
+(decontamination) are in decontaminate.py.
 """
 from __future__ import annotations
 
@@ -292,57 +293,6 @@ def edge_controls(alpha: np.ndarray, opts: EdgeOptions) -> np.ndarray:
         if r:
             k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
             out = cv2.dilate(out, k) if opts.shift_px > 0 else cv2.erode(out, k)
-    return out
-
-
-DECON_SIGMA = 4.0     # px: reach of the foreground-colour averaging on a thin edge
-DECON_WIDE_SIGMA = 12.0  # px: the same where the soft region is wide (blur, glass)
-DECON_POWER = 8       # weight alpha**8: nearly opaque pixels speak for the colour
-DECON_MARGIN = 32     # rows of context each side of a strip
-
-
-def _local_mean(x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian normalised convolution: the w-weighted local mean of x."""
-    num = cv2.GaussianBlur(x * w[..., None], (0, 0), sigma)
-    den = cv2.GaussianBlur(w, (0, 0), sigma)[..., None]
-    return np.where(den > 1e-4, num / np.maximum(den, 1e-4), x)
-
-
-def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Foreground colours without the background mixed in, only where alpha
-    is partial. pymatting's multi-level method (Germer et al. 2020) solves
-    I = aF + (1-a)B with F and B equally smooth, so a textured background
-    leaks into F. Real foreground colour at a soft edge varies slowly (lens
-    and motion blur spread the object's colour with its coverage; a glass has
-    a tint), so F is then averaged locally with weight alpha**8, trusting the
-    nearly opaque pixels where I is F, over a reach that grows with the width
-    of the soft region; nearly opaque pixels keep most of their own estimate.
-    Tuned on bench/quality's cases (true matte given): 20-40% less halo than
-    the plain method on blurred and glass edges, as good on strands. Runs on
-    the partial pixels' bounding box."""
-    from pymatting import estimate_foreground_ml
-
-    partial = (alpha > 0.004) & (alpha < 0.996)
-    if not partial.any():
-        return image
-    rows, cols = np.flatnonzero(partial.any(1)), np.flatnonzero(partial.any(0))
-    m = DECON_MARGIN
-    y0, y1 = max(0, rows[0] - m), min(alpha.shape[0], rows[-1] + m + 1)
-    x0, x1 = max(0, cols[0] - m), min(alpha.shape[1], cols[-1] + m + 1)
-    a = np.ascontiguousarray(alpha[y0:y1, x0:x1], dtype=np.float64)
-    fg = estimate_foreground_ml(image[y0:y1, x0:x1], a).astype(np.float32)
-    mask = partial[y0:y1, x0:x1]
-    own = a.astype(np.float32) ** (DECON_POWER // 2)   # how much a pixel keeps its own estimate
-    w = own * own                                      # alpha**DECON_POWER
-    thin, wide = _local_mean(fg, w, DECON_SIGMA), _local_mean(fg, w, DECON_WIDE_SIGMA)
-    # How much of the neighbourhood is soft: ~0 along a crisp outline, 1 inside a blur.
-    t = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), DECON_WIDE_SIGMA)
-    t = np.clip((t - 0.5) / 0.4, 0, 1)[..., None]
-    own = own[..., None]
-    fg = own * fg + (1 - own) * (thin + t * (wide - thin))
-    out = image.copy()
-    sub = out[y0:y1, x0:x1]
-    sub[mask] = fg[mask]
     return out
 
 
