@@ -150,8 +150,9 @@ def tint_prior(image: np.ndarray, alpha: np.ndarray) -> TintPrior | None:
         f = cv2.resize(f, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
     field = np.zeros((h, w, 4), np.float32)
     field[y0:y1, x0:x1, :3] = f
-    # Strength: 0 on the area's outline (the edge estimate is better there), full TINT_WIDE px in.
-    field[..., 3] = area * weight
+    # Strength: 0 on the area's outline and over strands (the edge estimate is
+    # better there), full TINT_WIDE px into smooth alpha; nothing outside the solve.
+    field[y0:y1, x0:x1, 3] = area[y0:y1, x0:x1] * weight
     return TintPrior(field)
 
 
