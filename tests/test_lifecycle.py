@@ -76,7 +76,12 @@ def test_two_daemons_racing_for_one_socket(model_cache):
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-                p.wait(30)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:   # say where shutdown stopped, then clean up
+                    p.kill()
+                    pytest.fail("the daemon did not stop within 30 s of SIGTERM; its log:\n"
+                                + p.communicate()[1])
 
 
 def test_non_loopback_needs_a_token(model_cache, tmp_path):

@@ -288,9 +288,12 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         sock.unlink()
 
     stop = stop or threading.Event()
+    # The handler only records the signal: one that called stop.set() could
+    # deadlock, landing while the main thread holds the Event's lock in wait().
+    signalled: list[int] = []
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda signum, _: signalled.append(signum))
     health_servicer = health.HealthServicer()
     servers = [_make_server(daemon, health_servicer)]
     old_umask = os.umask(0o177)
@@ -317,7 +320,8 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
     if ready is not None:
         ready.set()
     try:
-        stop.wait()
+        while not signalled and not stop.wait(0.2):
+            pass
     finally:
         log.info("shutting down: draining in-flight requests (up to %.0f s)", cfg.grace_s)
         health_servicer.enter_graceful_shutdown()
