@@ -10,10 +10,10 @@ Two estimates, for two kinds of soft region:
   background behind it, so the answer depends on a prior. tint_prior measures
   that prior on the layer itself: how much the colour varies between
   pixels a fixed distance apart where F is seen unmixed (opaque) and where
-  B is (clear). When the object's colour is much steadier than the
-  background's, F and B are solved jointly on a coarse grid with smoothness
+  B is (clear). F and B are solved jointly on a coarse grid with smoothness
   weights in that ratio, and F from that solve replaces the edge estimate in
-  the middle of the area. Otherwise the edge estimate stands.
+  the middle of the area: fully once the object's colour varies 4x less than
+  the background's, not at all when it varies as much or more.
 """
 from __future__ import annotations
 
