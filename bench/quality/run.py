@@ -95,8 +95,9 @@ def evaluate(case: Case, threads: int) -> dict:
 
 
 def _decontaminate(img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """The decontamination stage on its own, given the true matte: the same
-    function the pipeline runs on each strip."""
+    """The decontamination stage on its own, given the true matte: the tint
+    prior on a 1024 grid (the pipeline takes it on the model's) and the same
+    estimate the pipeline runs on each strip."""
     f = decontaminate.decontaminate(img.astype(np.float32) / 255, alpha)
     return np.clip(f * 255 + 0.5, 0, 255).astype(np.uint8)
 
