@@ -180,7 +180,7 @@ def test_editor_client_gets_decontaminated_colours_on_both_transports(daemon, ph
     import tempfile
     lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
-    from layermatte.cli.install import descriptor_file
+    from layermatte.plugin_install import descriptor_file
     shutil.copy(descriptor_file(), lite_dir)
     monkeypatch.syspath_prepend(str(lite_dir))
     import layermatte_lite as lite
@@ -206,7 +206,7 @@ def test_editor_client_hands_big_layers_over_in_a_file(daemon, photos, monkeypat
     import tempfile
     lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
-    from layermatte.cli.install import descriptor_file
+    from layermatte.plugin_install import descriptor_file
     shutil.copy(descriptor_file(), lite_dir)
     import importlib.util   # a module of its own, not whichever copy an earlier test imported
     spec = importlib.util.spec_from_file_location("layermatte_lite_file", lite_dir / "layermatte_lite.py")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import platformdirs
 
+from . import platforms
 from .errors import InvalidInput
 
 APP = "layermatte"
@@ -21,15 +21,12 @@ def config_dir() -> Path:
 
 
 def runtime_dir() -> Path:
-    """Private (0700) directory for the socket. Falls back to a per-user folder
-    under /tmp where no XDG runtime dir exists (containers, CI)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / APP if base else Path(f"/tmp/{APP}-{os.getuid()}")
-    return path
+    """Private folder for the socket, token and log (per OS: platforms.runtime_dir)."""
+    return platforms.runtime_dir()
 
 
 def default_socket() -> Path:
-    return runtime_dir() / "daemon.sock"
+    return platforms.socket_path()
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -41,7 +38,6 @@ def ensure_private_dir(path: Path) -> Path:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.chmod(0o700)
         return path
-    st = path.stat()
-    if st.st_uid != os.getuid() and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0):
+    if not platforms.safe_for_socket(path):
         raise InvalidInput(f"{path} belongs to another user; refusing to put the daemon's socket there")
     return path

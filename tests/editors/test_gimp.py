@@ -381,7 +381,7 @@ def gimp(daemon, photos, tmp_path_factory):
     plugdir = home / ".config" / "GIMP" / "3.0" / "plug-ins" / "layermatte"
     exe = Path(sys.executable).with_name("layermatte")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "layermatte"]
-    subprocess.run(cmd + ["install", "gimp", "--dest", str(plugdir)], check=True, capture_output=True)
+    subprocess.run(cmd + ["install", "gimp", "--dest", str(plugdir.parent)], check=True, capture_output=True)
     # The host's `layermatte` program cannot run inside the root; record the socket only.
     (plugdir / "layermatte_lite.json").write_text(json.dumps({"socket": str(daemon.socket)}))
     (home / ".config" / "GIMP" / "3.0" / "gimprc").write_text("(show-welcome-dialog no)\n")

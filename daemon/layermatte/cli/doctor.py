@@ -11,7 +11,6 @@ from ..client import Client, resolve_address
 from ..engine import choose_provider
 from ..errors import LayermatteError
 from ..server import probe
-from . import install
 
 
 def register(sub):
@@ -52,11 +51,15 @@ def run(args) -> int:
         rows.append(("daemon", "running; loaded: " + (", ".join(loaded) or "nothing yet")))
     else:
         rows.append(("daemon", "not running (it starts on first use, or run `layermatte serve`)"))
-    for editor, exe in (("gimp", "gimp-console-3.0"), ("krita", "krita")):
-        found = shutil.which(exe) or shutil.which(editor)
-        plug = install.installed(editor)
-        rows.append((f"{editor}", f"{'found at ' + found if found else 'not found on PATH'}; plug-in "
-                     f"{'installed at ' + str(plug) if plug else 'not installed (`layermatte install ' + editor + '`)'}"))
+    from .. import plugin_install
+    for editor in ("gimp", "krita"):
+        found = plugin_install.report(editor)
+        for r in found:
+            state = (f"plug-in {r['version']}" + ("" if r["current"] else f" (this is {__version__}: run "
+                     f"`layermatte install {editor}` again)")) if r["installed"] else "plug-in not installed"
+            rows.append((r["label"], f"{state}; {r['folder']}"))
+        if not found:
+            rows.append((editor, f"no profile found (`layermatte install {editor}` after the first start)"))
     rows.append(("runtime dir", str(paths.runtime_dir())))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
