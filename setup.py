@@ -38,14 +38,18 @@ class BuildPy(build_py):
     def run(self):
         target = ROOT / "daemon" if self.editable_mode else Path(self.build_lib)
         generate(target)
-        # The generated folders are packages too: declared here, since they did
-        # not exist when setuptools looked for packages (else it warns and may skip them).
-        gen = target / "layermatte" / "proto"
-        for d in sorted([gen, *[p for p in gen.rglob("*") if p.is_dir() and p.name != "__pycache__"]]):
-            name = ".".join(d.relative_to(target).parts)
-            if name not in self.packages:
-                self.packages.append(name)
-        if not self.editable_mode:  # editable installs read plugins/ from the checkout
+        if self.editable_mode:
+            # The generated folders are packages in the source tree: declared, since
+            # they did not exist when setuptools looked for packages.
+            gen = target / "layermatte" / "proto"
+            for d in sorted([gen, *[p for p in gen.rglob("*") if p.is_dir() and p.name != "__pycache__"]]):
+                name = ".".join(d.relative_to(target).parts)
+                if name not in self.packages:
+                    self.packages.append(name)
+        else:
+            # Regular builds: the generated code lives only in the build tree, which
+            # goes into the wheel as it is; so do the plug-ins (editable installs
+            # read plugins/ from the checkout).
             import shutil
             dest = target / "layermatte" / "_plugins"
             shutil.rmtree(dest, ignore_errors=True)

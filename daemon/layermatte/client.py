@@ -16,7 +16,7 @@ from typing import Callable
 import grpc
 import numpy as np
 
-from . import formats, localfile, paths, wire
+from . import formats, localfile, paths, platforms, wire
 from .errors import (Busy, Cancelled, InvalidInput, LayermatteError, ModelNotFound,
                      ModelNotPulled, TooLarge)
 from .pipeline import MatteOptions
@@ -44,7 +44,9 @@ _STATUS_ERRORS = {
 
 
 def resolve_address(socket: str | os.PathLike | None = None, address: str | None = None) -> str:
-    """--socket/--address, else LAYERMATTE_SOCKET/LAYERMATTE_ADDRESS, else the default socket."""
+    """--socket/--address, else LAYERMATTE_SOCKET/LAYERMATTE_ADDRESS, else the user's
+    own daemon (platforms.default_endpoint: the unix socket, or on Windows the TCP
+    address the daemon published; "" when none is published yet)."""
     if address:
         return address
     if socket:
@@ -53,32 +55,50 @@ def resolve_address(socket: str | os.PathLike | None = None, address: str | None
         return os.environ["LAYERMATTE_ADDRESS"]
     if os.environ.get("LAYERMATTE_SOCKET"):
         return f"unix:{Path(os.environ['LAYERMATTE_SOCKET']).absolute()}"
-    return f"unix:{paths.default_socket()}"
+    return platforms.default_endpoint().address
 
 
-def ensure_daemon(address: str, timeout: float = 60.0, extra_args: list[str] | None = None) -> bool:
-    """Start a background daemon on a unix-socket address if none answers.
+def default_token(address: str) -> str | None:
+    """LAYERMATTE_TOKEN, else the token of the user's own TCP daemon (Windows)."""
+    if os.environ.get("LAYERMATTE_TOKEN"):
+        return os.environ["LAYERMATTE_TOKEN"]
+    own = platforms.default_endpoint()
+    if address and address == own.address:
+        return own.token()
+    return None
 
-    Returns True when it had to start one. TCP addresses are never auto-started:
-    the user chose a remote-looking set-up on purpose.
+
+def ensure_daemon(address: str, timeout: float = 60.0, extra_args: list[str] | None = None) -> str:
+    """Start the user's background daemon if none answers; returns the address to use.
+
+    Autostart is for the user's own daemon: a unix socket, or on Windows the
+    TCP daemon that publishes its address in the runtime folder (address ""
+    until it has). Other TCP addresses are never auto-started: the user chose
+    that set-up on purpose.
     """
-    if probe(address):
-        return False
-    if not address.startswith("unix:"):
+    own = platforms.default_endpoint()
+    if address and probe(address, token=default_token(address)):
+        return address
+    if address.startswith("unix:"):
+        sock = address[len("unix:"):]
+        folder, args = Path(sock).parent, ["serve", "--socket", sock]
+    elif not platforms.unix_sockets_supported() and address in ("", own.address):
+        folder, args = platforms.runtime_dir(), ["serve"]
+    else:
         raise DaemonUnavailable(f"no layermatte daemon answers at {address}; start one with "
                                 "`layermatte serve --port N`")
-    sock = address[len("unix:"):]
-    log_path = paths.ensure_private_dir(Path(sock).parent) / "daemon.log"
+    log_path = paths.ensure_private_dir(folder) / "daemon.log"
     with open(log_path, "ab") as log_file:
-        subprocess.Popen([sys.executable, "-m", "layermatte", "serve", "--socket", sock,
-                          *(extra_args or [])], stdin=subprocess.DEVNULL, stdout=log_file,
-                         stderr=log_file, start_new_session=True, close_fds=True)
+        subprocess.Popen([sys.executable, "-m", "layermatte", *args, *(extra_args or [])],
+                         stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                         **platforms.detached_popen_kwargs())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if probe(address, timeout=0.5):
-            return True
+        target = address if address.startswith("unix:") else platforms.default_endpoint().address
+        if target and probe(target, timeout=0.5, token=default_token(target)):
+            return target
         time.sleep(0.1)
-    raise DaemonUnavailable(f"started a daemon on {sock} but it did not answer within "
+    raise DaemonUnavailable(f"started a daemon ({' '.join(args)}) but it did not answer within "
                             f"{timeout:.0f} s; see {log_path}")
 
 

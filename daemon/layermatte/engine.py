@@ -13,11 +13,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from . import graph
 from .catalog import Catalog, ModelSpec
 from .errors import Cancelled, InvalidInput, LayermatteError
+
+try:
+    import onnxruntime as ort
+except ImportError as _e:  # the runtime is an extra: layermatte[cpu] or layermatte[gpu]
+    raise LayermatteError("no ONNX runtime is installed: pip install 'layermatte[cpu]' (or "
+                          "'layermatte[gpu]' for NVIDIA GPUs) in the environment of "
+                          "this layermatte") from _e
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """gRPC adapter: proto in, domain call, status codes out. Plus serve()."""
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import queue
@@ -18,7 +17,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import localfile, paths, wire
+from . import localfile, paths, platforms, wire
 from .interceptors import DecodeGuard, TokenInterceptor
 from .daemon import Daemon
 from .errors import Cancelled, InvalidInput, LayermatteError
@@ -255,15 +254,42 @@ def _make_server(daemon: Daemon, health_servicer, interceptors=()) -> grpc.Serve
     return server
 
 
-def probe(address: str, timeout: float = 1.0) -> bool:
-    """True when a healthy daemon answers at address."""
+def probe(address: str, timeout: float = 1.0, token: str | None = None) -> bool:
+    """True when a healthy daemon answers at address (token: for a TCP daemon that needs one)."""
+    if not address:
+        return False
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     try:
         with grpc.insecure_channel(address) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
-                                                        timeout=timeout)
+                                                        timeout=timeout, metadata=metadata)
             return resp.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
+
+
+def _local_endpoint(cfg: ServeConfig) -> tuple[Path | None, Path]:
+    """The unix socket and its folder; no socket where grpc has none (Windows)."""
+    if platforms.unix_sockets_supported():
+        sock = cfg.socket or paths.default_socket()
+        return sock, sock.parent
+    if cfg.socket:
+        raise InvalidInput("unix sockets are not available on this system: leave out --socket "
+                           "(the daemon listens on loopback TCP with a token)")
+    return None, platforms.runtime_dir()
+
+
+def _tcp_only_config(cfg: ServeConfig, published: list[Path]) -> ServeConfig:
+    """Loopback on the chosen port (default: any free one), and a token: the one
+    given, else a fresh random one in the user's runtime folder for clients."""
+    import dataclasses
+    import secrets
+    token = cfg.token
+    if not token:
+        token = secrets.token_urlsafe(32)
+        platforms.write_private(platforms.token_path(), token)
+        published.append(platforms.token_path())
+    return dataclasses.replace(cfg, port=cfg.port or 0, token=token)
 
 
 def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None,
@@ -272,20 +298,21 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
     if cfg.port is not None and not is_loopback(cfg.host) and not cfg.token:
         raise InvalidInput(f"refusing to listen on non-loopback address {cfg.host} without "
                            "--token-file: anyone on the network could use this daemon")
-    sock = cfg.socket or paths.default_socket()
-    paths.ensure_private_dir(sock.parent)
-    lock_file = open(sock.with_suffix(".lock"), "w")
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise AlreadyRunning(f"a layermatte daemon is already running on {sock}") from None
-    pid_file = sock.with_suffix(".pid")
+    sock, folder = _local_endpoint(cfg)
+    paths.ensure_private_dir(folder)
+    lock = platforms.InstanceLock(sock.with_suffix(".lock") if sock else folder / "daemon.lock")
+    if not lock.acquire():
+        raise AlreadyRunning(f"a layermatte daemon is already running on {sock or folder}")
+    pid_file = sock.with_suffix(".pid") if sock else folder / "daemon.pid"
     pid_file.write_text(str(os.getpid()))
-    if sock.exists():
+    if sock is not None and sock.exists():
         if probe(f"unix:{sock}"):
             raise AlreadyRunning(f"a layermatte daemon is already running on {sock}")
         log.info("removing stale socket %s", sock)
         sock.unlink()
+    published: list[Path] = []
+    if sock is None:   # TCP only (Windows): loopback, always with a token
+        cfg = _tcp_only_config(cfg, published)
 
     stop = stop or threading.Event()
     # The handler only records the signal: one that called stop.set() could
@@ -295,12 +322,14 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, _: signalled.append(signum))
     health_servicer = health.HealthServicer()
-    servers = [_make_server(daemon, health_servicer)]
-    old_umask = os.umask(0o177)
-    try:
-        servers[0].add_insecure_port(f"unix:{sock}")
-    finally:
-        os.umask(old_umask)
+    servers = []
+    if sock is not None:
+        servers.append(_make_server(daemon, health_servicer))
+        old_umask = os.umask(0o177)
+        try:
+            servers[0].add_insecure_port(f"unix:{sock}")
+        finally:
+            os.umask(old_umask)
     if cfg.port is not None:
         tcp = _make_server(daemon, health_servicer,
                            [TokenInterceptor(cfg.token)] if cfg.token else [])
@@ -312,10 +341,13 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         log.info("listening on %s:%d%s", cfg.host, bound, " (token required)" if cfg.token else "")
     for s in servers:
         s.start()
-    sock.chmod(0o600)
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("listening on unix:%s", sock)
+    if sock is not None:
+        sock.chmod(0o600)
+        log.info("listening on unix:%s", sock)
+    else:
+        published.append(platforms.publish_address(f"{cfg.host}:{bound}", os.getpid()))
 
     if ready is not None:
         ready.set()
@@ -328,7 +360,10 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         events = [s.stop(cfg.grace_s) for s in servers]
         for e in events:
             e.wait()
-        sock.unlink(missing_ok=True)
+        if sock is not None:
+            sock.unlink(missing_ok=True)
+        for path in published:
+            path.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
-        lock_file.close()
+        lock.release()
         log.info("stopped")

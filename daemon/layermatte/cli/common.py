@@ -5,9 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ..client import Client, ensure_daemon, resolve_address
-from ..pipeline import QUALITIES, MatteOptions
-from ..refine import EdgeOptions
+# The client, pipeline and refine imports are inside the functions: `layermatte
+# pipe` uses add_connection and must not pay for numpy, OpenCV and onnxruntime.
 
 
 def add_connection(p: argparse.ArgumentParser) -> None:
@@ -21,6 +20,7 @@ def add_connection(p: argparse.ArgumentParser) -> None:
 
 def add_edge_options(g) -> None:
     """The refinement options, the same for cut, psd, batch and refine."""
+    from ..pipeline import QUALITIES
     g.add_argument("--feather", type=float, default=0.0, metavar="PX", help="soften the edge by PX pixels")
     g.add_argument("--shift", type=float, default=0.0, metavar="PX", help="move the edge out (+) or in (-)")
     g.add_argument("--smooth", type=float, default=0.0, help="round jagged contours, 0..1")
@@ -39,6 +39,8 @@ def add_matte_options(p: argparse.ArgumentParser) -> None:
 
 
 def matte_options(args, *, return_foreground: bool, depth16: bool = False) -> MatteOptions:
+    from ..pipeline import MatteOptions
+    from ..refine import EdgeOptions
     return MatteOptions(edges=EdgeOptions(feather_px=args.feather, shift_px=args.shift,
                                           smooth=args.smooth, contrast=args.contrast),
                         decontaminate=args.decontaminate and return_foreground,
@@ -47,12 +49,12 @@ def matte_options(args, *, return_foreground: bool, depth16: bool = False) -> Ma
 
 
 def connect(args) -> Client:
+    from ..client import Client, default_token, ensure_daemon, resolve_address
     address = resolve_address(args.socket, args.address)
     if not getattr(args, "no_autostart", False):
-        ensure_daemon(address)
-    token = None
+        address = ensure_daemon(address)
     if getattr(args, "token_file", None):
         token = args.token_file.read_text().strip()
-    elif os.environ.get("LAYERMATTE_TOKEN"):
-        token = os.environ["LAYERMATTE_TOKEN"]
+    else:
+        token = default_token(address)
     return Client(address, token=token)
