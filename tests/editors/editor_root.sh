@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Cached Debian trixie root with real GIMP 3 and Krita 5, for headless editor tests.
+# Cached Debian roots with real GIMP 3 and Krita, for headless editor tests.
 #
-# Usage: trixie_root.sh COMMAND [ARGS]
+# Usage: editor_root.sh NAME COMMAND [ARGS]
+#   NAME          trixie  GIMP 3.0 + Krita 5.2 (Qt5)   Debian trixie
+#                 forky   GIMP 3.2 + Krita 5.3 (Qt5)   Debian forky
+#                 krita6  Krita 6 (Qt6), no GIMP       Debian forky + krita from experimental
 #   build         build the root if it is missing or stale, and mount /proc /sys /dev /dev/pts /dev/shm
 #   path          same as build, then print the root's path on stdout
 #   run CMD...    run CMD inside the root (HOME=$LM_HOME, default /root; LANG=C.UTF-8; clean environment;
@@ -11,23 +14,43 @@
 #   umount        unmount everything under the root (it stays built)
 #   rebuild       wipe and build again
 #
-# Root: ${LAYERMATTE_EDITOR_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/layermatte-ci/trixie-root}
+# Root: ${XDG_CACHE_HOME:-$HOME/.cache}/layermatte-ci/NAME-root
+#       (LAYERMATTE_EDITOR_ROOT overrides the trixie root's path, LAYERMATTE_EDITOR_ROOTS the parent folder).
 # Mirror: the Debian mirror of the host's apt sources (override: LAYERMATTE_DEBIAN_MIRROR).
 # Exit code 77: this host cannot build the root (not root, no apt-get, mmdebstrap not installable).
-# Several processes may call this at once: building and mounting are serialised with flock.
+# Several processes may call this at once: building and mounting are serialised with flock (one lock per root).
 set -euo pipefail
 
+NAME="${1:-}"
+[ $# -gt 0 ] && shift
 ROOT_VERSION=1
-PACKAGES=(gimp python3-gi gir1.2-gimp-3.0 krita python3-pyqt5 xvfb xauth
-          python3-grpcio python3-protobuf python3-numpy python3-pil)
-ROOT="${LAYERMATTE_EDITOR_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/layermatte-ci/trixie-root}"
+COMMON=(python3-gi xvfb xauth python3-grpcio python3-protobuf python3-numpy python3-pil)
+EXTRA_SUITE=""     # a suite added to the root's sources, only for EXTRA packages (apt-get install -t)
+EXTRA=()
+case "$NAME" in
+  trixie) SUITE=trixie; PACKAGES=(gimp python3-gi gir1.2-gimp-3.0 krita python3-pyqt5 xvfb xauth
+                                  python3-grpcio python3-protobuf python3-numpy python3-pil) ;;
+  forky)  SUITE=forky; PACKAGES=(gimp gir1.2-gimp-3.0 krita python3-pyqt5 "${COMMON[@]}") ;;
+  krita6) SUITE=forky; PACKAGES=("${COMMON[@]}"); EXTRA_SUITE=experimental; EXTRA=(krita python3-pyqt6) ;;
+  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
+BASE="${LAYERMATTE_EDITOR_ROOTS:-${XDG_CACHE_HOME:-$HOME/.cache}/layermatte-ci}"
+if [ "$NAME" = trixie ] && [ -n "${LAYERMATTE_EDITOR_ROOT:-}" ]; then ROOT="$LAYERMATTE_EDITOR_ROOT"
+else ROOT="$BASE/$NAME-root"; fi
 ROOT="${ROOT%/}"
 MARKER="$ROOT/.layermatte-ready"
 LOCK="$ROOT.lock"
 MOUNTS=(/proc /sys /dev /dev/pts /dev/shm)
-EXPECTED_MARKER="layermatte trixie root v$ROOT_VERSION: ${PACKAGES[*]}"
+EXPECTED_MARKER="layermatte $NAME root v$ROOT_VERSION: ${PACKAGES[*]}${EXTRA_SUITE:+ + $EXTRA_SUITE: ${EXTRA[*]}}"
+# The mirror's Release files for forky/sid/experimental were seen past their Valid-Until date (the
+# signatures are still checked). Trixie's root is built as before.
+APT_OPTS=() MMDEBSTRAP_OPTS=()
+if [ "$SUITE" != trixie ]; then
+  APT_OPTS=(-o Acquire::Check-Valid-Until=false)
+  MMDEBSTRAP_OPTS=(--aptopt='Acquire::Check-Valid-Until "false"')
+fi
 
-log() { printf '[trixie_root] %s\n' "$*" >&2; }
+log() { printf '[%s_root] %s\n' "$NAME" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 cannot() { log "cannot build the editor root on this host: $*"; exit 77; }
 now() { date +%s.%N; }
@@ -138,15 +161,24 @@ build_root() {
     step "wipe stale root" rm -rf --one-file-system "$ROOT"
   fi
   mkdir -p "$(dirname "$ROOT")"
-  step "mmdebstrap trixie" mmdebstrap --quiet --variant=apt --components=main trixie "$ROOT" "$mirror" >&2
+  local sources=("deb $mirror $SUITE main")
+  [ -z "$EXTRA_SUITE" ] || sources+=("deb $mirror $EXTRA_SUITE main")
+  step "mmdebstrap $SUITE" mmdebstrap --quiet --variant=apt --components=main "${MMDEBSTRAP_OPTS[@]}" \
+    "$SUITE" "$ROOT" "${sources[@]}" >&2
   printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
   chmod +x "$ROOT/usr/sbin/policy-rc.d"
   [ -s "$ROOT/etc/resolv.conf" ] || cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
   mount_system
   step "root: apt-get update" chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    apt-get update -q >&2
+    apt-get "${APT_OPTS[@]}" update -q >&2
   step "root: apt-get install ${PACKAGES[*]}" chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" install -y -q --no-install-recommends \
+    "${PACKAGES[@]}" >&2
+  if [ -n "$EXTRA_SUITE" ]; then
+    step "root: apt-get install -t $EXTRA_SUITE ${EXTRA[*]}" chroot "$ROOT" env -i \
+      PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" \
+      install -y -q --no-install-recommends -t "$EXTRA_SUITE" "${EXTRA[@]}" >&2
+  fi
   chroot "$ROOT" apt-get clean
   printf '%s\n' "$EXPECTED_MARKER" >"$MARKER"
   log "root ready: $(du -sh --one-file-system "$ROOT" 2>/dev/null | cut -f1) at $ROOT"
@@ -210,6 +242,6 @@ case "$cmd" in
     log "run $1: $(secs "$t0" "$(now)") s (exit $rc)"
     exit "$rc" ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2 ;;
 esac

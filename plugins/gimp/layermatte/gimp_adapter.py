@@ -1,9 +1,15 @@
-"""The only module of the GIMP plug-in that touches the GIMP API.
+"""The only module of the GIMP plug-in that touches the GIMP API (GIMP 3.0 and 3.2).
 
 It turns a GIMP layer into plain values (size, offsets, pixel bytes in a
 layermatte pixel format, existing mask bytes) and writes a matte back as a
 layer mask, a new cut-out layer or the selection. Everything else in the
 plug-in works on bytes and strings.
+
+Layers that GIMP draws from something else (groups; text; GIMP 3.2's link and
+vector layers) are read as drawn. A layer mask on them leaves them live, so the
+mask output is the same as for pixel layers. Their pixels cannot be written
+(GIMP kills a plug-in that writes to a group), so a cut-out of one is a new
+plain pixel layer made from the drawn pixels.
 """
 import contextlib
 
@@ -55,23 +61,44 @@ def selected_layers(drawables):
     return layers
 
 
+# (kind, Gimp.Item method): is_link_layer / is_vector_layer exist from GIMP 3.2 on
+_DRAWN_KINDS = (("group", "is_group"), ("text", "is_text_layer"), ("link", "is_link_layer"),
+                ("vector", "is_vector_layer"))
+
+
+def layer_kind(layer):
+    """'pixel', or what GIMP draws the layer from: 'group', 'text', 'link', 'vector'. A text,
+    link or vector layer that was rasterized (GIMP 3.2) is a pixel layer again."""
+    for kind, method in _DRAWN_KINDS:
+        check = getattr(layer, method, None)
+        if check is not None and check():
+            rasterized = getattr(layer, "is_rasterized", None)
+            return "pixel" if (kind != "group" and rasterized is not None and rasterized()) else kind
+    return "pixel"
+
+
 def layer_facts(layer):
-    return {"name": layer.get_name(), "has_mask": layer.get_mask() is not None}
+    return {"name": layer.get_name(), "has_mask": layer.get_mask() is not None, "kind": layer_kind(layer)}
+
+
+def _babl(layer, alpha):
+    """(babl format of the layer's own channels at the image's sample type, wire format)."""
+    babl_type, suffix, _ = _sample_type(layer.get_image())
+    if layer.is_gray():
+        return ("Y'A " if alpha else "Y' ") + babl_type, ("GRAYA" if alpha else "GRAY") + suffix
+    # RGB and indexed (babl converts palette entries)
+    return ("R'G'B'A " if alpha else "R'G'B' ") + babl_type, ("RGBA" if alpha else "RGB") + suffix
 
 
 def read_layer(layer, with_mask=False):
-    """Plain values for one layer: its own pixels, whatever its offsets and type."""
-    image = layer.get_image()
-    babl_type, suffix, depth16 = _sample_type(image)
+    """Plain values for one layer: its own pixels (as drawn, for groups, text, link and vector
+    layers), whatever its offsets and type."""
+    depth16 = _sample_type(layer.get_image())[2]
     w, h = layer.get_width(), layer.get_height()
-    alpha = layer.has_alpha()
-    if layer.is_gray():
-        babl, fmt = ("Y'A " if alpha else "Y' ") + babl_type, ("GRAYA" if alpha else "GRAY")
-    else:  # RGB and indexed (babl converts palette entries)
-        babl, fmt = ("R'G'B'A " if alpha else "R'G'B' ") + babl_type, ("RGBA" if alpha else "RGB")
+    babl, fmt = _babl(layer, layer.has_alpha())
     mask = layer.get_mask()
     _, ox, oy = layer.get_offsets()
-    return dict(layer_facts(layer), width=w, height=h, offsets=(ox, oy), format=fmt + suffix,
+    return dict(layer_facts(layer), width=w, height=h, offsets=(ox, oy), format=fmt,
                 pixels=_get(layer, babl, w, h), depth16=depth16,
                 mask=_get(mask, "Y u8", w, h) if (with_mask and mask is not None) else None)
 
@@ -114,11 +141,29 @@ def _rgb_under_alpha(rgb, rgba, sample_bytes):
     return bytes(out)
 
 
+def _pixel_copy(layer):
+    """A plain pixel layer (with alpha) holding the layer's pixels as drawn, same place, opacity
+    and mode: the cut-out of a group, text, link or vector layer."""
+    image = layer.get_image()
+    w, h = layer.get_width(), layer.get_height()
+    kind = (Gimp.ImageType.GRAYA_IMAGE if layer.is_gray() else
+            Gimp.ImageType.INDEXEDA_IMAGE if layer.is_indexed() else Gimp.ImageType.RGBA_IMAGE)
+    new = Gimp.Layer.new(image, layer.get_name(), w, h, kind, layer.get_opacity(), layer.get_mode())
+    babl = _babl(layer, True)[0]
+    buf = new.get_buffer()
+    buf.set(_rect(w, h), babl, _get(layer, babl, w, h))
+    buf.flush()
+    _, ox, oy = layer.get_offsets()
+    new.set_offsets(ox, oy)
+    return new
+
+
 def write_new_layer(layer, matte, depth16, colours=None, fmt="RGBA8"):
     """A copy of the layer above it, cut out by the matte (its alpha = layer alpha x matte),
-    with the daemon's (decontaminated) colours when given."""
+    with the daemon's (decontaminated) colours when given. The copy of a drawn layer (group,
+    text, link, vector) is a plain pixel layer."""
     image = layer.get_image()
-    new = layer.copy()
+    new = layer.copy() if layer_kind(layer) == "pixel" else _pixel_copy(layer)
     new.set_name(layer.get_name() + " (cutout)")
     image.insert_layer(new, layer.get_parent(), image.get_item_position(layer))
     if new.get_mask() is not None:
@@ -171,6 +216,11 @@ def undo_group(image):
     finally:
         image.undo_group_end()
         Gimp.displays_flush()
+
+
+def message(text):
+    """A note for the user (GIMP's message box or error console; stderr in batch mode)."""
+    Gimp.message(text)
 
 
 def progress_start(text):

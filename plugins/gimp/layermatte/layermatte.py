@@ -39,6 +39,10 @@ TITLE = {PROC_REMOVE: "Remove Background (layermatte)", PROC_DIALOG: "Remove Bac
          PROC_REFINE: "Refine Mask (layermatte)"}
 
 
+# Layers GIMP draws from a source that can change later (link and vector layers: GIMP 3.2)
+SOURCES = {"text": "text", "link": "linked file", "vector": "path"}
+
+
 class UserError(Exception):
     """A reason shown to the user in GIMP's error message; the image is left as it was."""
 
@@ -101,17 +105,34 @@ def _matte(info, settings, report):
     return matte, summary.get("foreground")
 
 
+def notes(facts, output):
+    """What the user should know about layers drawn from a text, a linked file or a path:
+    the result was made from their pixels as drawn now."""
+    out = []
+    for f in facts:
+        if f["kind"] in SOURCES:
+            if output == "layer":
+                what = "the cut-out is a plain pixel layer made from its pixels as drawn now"
+            else:
+                what = (f"layermatte worked on its pixels as drawn now; the result does not follow "
+                        f"later changes to its {SOURCES[f['kind']]}")
+            out.append(f"'{f['name']}' is a {f['kind']} layer: {what}.")
+    return out
+
+
 def process(proc_name, image, drawables, settings):
     """Check and read every layer, compute every matte, and only then change the image,
-    as one undo group: a failure at any point before leaves the image untouched."""
+    as one undo group: a failure at any point before leaves the image untouched.
+    Returns notes for the user (see notes())."""
     layers = ga.selected_layers(drawables)
     refine = settings["output"] == "refine"
-    for facts in map(ga.layer_facts, layers):
-        if refine and not facts["has_mask"]:
-            raise UserError(f"layer '{facts['name']}' has no layer mask to refine. Add one first "
+    facts = [ga.layer_facts(layer) for layer in layers]
+    for facts_one in facts:
+        if refine and not facts_one["has_mask"]:
+            raise UserError(f"layer '{facts_one['name']}' has no layer mask to refine. Add one first "
                             "(Layer > Mask > Add Layer Mask, e.g. from a rough selection).")
-        if settings["output"] == "mask" and facts["has_mask"] and not settings["replace"]:
-            raise UserError(f"layer '{facts['name']}' already has a layer mask. Apply or delete it, "
+        if settings["output"] == "mask" and facts_one["has_mask"] and not settings["replace"]:
+            raise UserError(f"layer '{facts_one['name']}' already has a layer mask. Apply or delete it, "
                             "or use Remove Background (layermatte)... with 'Replace existing mask'.")
     infos = [ga.read_layer(layer, with_mask=refine) for layer in layers]
     ga.progress_start(TITLE[proc_name] + "...")
@@ -134,6 +155,7 @@ def process(proc_name, image, drawables, settings):
                 ga.write_selection(layer, matte, info["depth16"])  # the last layer's matte wins
             else:
                 ga.write_mask(layer, matte, info["depth16"], replace=settings["replace"])
+    return notes(facts, settings["output"])
 
 
 # -- GIMP procedures -----------------------------------------------------------------------
@@ -156,7 +178,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         if not ok:
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     try:
-        process(name, image, drawables, _settings(name, config))
+        said = process(name, image, drawables, _settings(name, config))
     except lite.Cancelled:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     except (UserError, lite.LayermatteError, ValueError) as e:
@@ -165,6 +187,8 @@ def run(procedure, run_mode, image, drawables, config, data):
         traceback.print_exc()
         return _fail(procedure, f"{TITLE[name]}: internal error ({type(e).__name__}: {e}). "
                                 "Please report it with GIMP's error console output.")
+    if said:
+        ga.message("\n".join(said))  # GIMP puts the procedure's name in front
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 

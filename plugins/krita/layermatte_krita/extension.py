@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 
 from krita import Extension, Krita
-from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
-                             QFormLayout, QLabel, QMessageBox, QProgressDialog)
+
+from .qt import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QIcon,
+                 QLabel, QMessageBox, QProgressDialog, Qt, QTimer)
 
 from . import core
 from .lite import Cancelled, LayermatteError, list_models
@@ -55,7 +55,8 @@ class OptionsDialog(QDialog):
         for m in list_models():
             note = "default" if m["default"] else ("" if m["pulled"] else "not downloaded yet")
             self.model.addItem(m["id"])
-            self.model.setItemData(self.model.count() - 1, f"{m['title']} {note}".strip(), Qt.ToolTipRole)
+            self.model.setItemData(self.model.count() - 1, f"{m['title']} {note}".strip(),
+                                   Qt.ItemDataRole.ToolTipRole)
         if opts["model"] and self.model.findText(opts["model"]) < 0:
             self.model.addItem(opts["model"])
         self.model.setCurrentText(opts["model"])
@@ -82,7 +83,8 @@ class OptionsDialog(QDialog):
                               ("", self.decontaminate), ("", self.autostart)):
             form.addRow(label, widget)
         form.addRow(QLabel("Refine Layer Mask uses feather, shift, smooth, contrast and edge quality only."))
-        buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
+        button = QDialogButtonBox.StandardButton
+        buttons = QDialogButtonBox(button.Save | button.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
@@ -197,7 +199,7 @@ class LayermatteExtension(Extension):
 
     def configure(self):
         dialog = OptionsDialog(self._window_widget())
-        if dialog.exec_() == QDialog.Accepted:
+        if dialog.exec() == QDialog.DialogCode.Accepted:
             save_options(dialog.options())
 
     def generate(self):
@@ -230,7 +232,6 @@ class LayermatteExtension(Extension):
         window = Krita.instance().activeWindow()
         view = window.activeView() if window is not None else None
         if message and view is not None:
-            from PyQt5.QtGui import QIcon
             view.showFloatingMessage(message, QIcon(), 2000, 1)
 
 

@@ -1,0 +1,53 @@
+"""The one place that knows Qt5 from Qt6: PyQt5 in Krita 5.x, PyQt6 in Krita 6.
+
+The binding is the one Krita itself loaded (its `krita` module is built against it), never
+the first that happens to import: Krita 6 refuses PyQt5 outright ("This version of Krita is
+not compatible with PyQt5!"), and a Krita 5 whose Python also has PyQt6 would crash on a
+second Qt in the process. Everything else in the plug-in imports Qt names from here and
+writes enums fully scoped (Qt.ItemDataRole.ToolTipRole, QDialog.DialogCode.Accepted) and
+`exec()`, which PyQt5 5.11+ accepts as well as PyQt6 (checked in PyQt5 5.15.11).
+Qt6 moved QAction and QShortcut from QtWidgets to QtGui: they are re-exported from here.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def binding_name(modules=None, krita_version: str | None = None) -> str:
+    """'PyQt6' or 'PyQt5': the one already loaded (by Krita), else by Krita's major version."""
+    modules = sys.modules if modules is None else modules
+    for name in ("PyQt6", "PyQt5"):
+        if name + ".QtCore" in modules:
+            return name
+    if krita_version is None:
+        try:
+            from krita import Krita
+            krita_version = Krita.instance().version()
+        except ImportError:  # plain Python: whichever is installed
+            krita_version = ""
+    major = krita_version.split(".")[0]
+    if major.isdigit():
+        return "PyQt6" if int(major) >= 6 else "PyQt5"
+    try:
+        importlib.import_module("PyQt5.QtCore")
+        return "PyQt5"
+    except ImportError:
+        return "PyQt6"
+
+
+BINDING = binding_name()
+QtCore = importlib.import_module(BINDING + ".QtCore")
+QtGui = importlib.import_module(BINDING + ".QtGui")
+QtWidgets = importlib.import_module(BINDING + ".QtWidgets")
+QT_MAJOR = int(QtCore.QT_VERSION_STR.split(".")[0])
+
+Qt, QTimer = QtCore.Qt, QtCore.QTimer
+QIcon = QtGui.QIcon
+_MOVED = QtGui if QT_MAJOR >= 6 else QtWidgets  # Qt6 moved these two to QtGui
+QAction, QShortcut = _MOVED.QAction, _MOVED.QShortcut
+QApplication, QCheckBox, QComboBox = QtWidgets.QApplication, QtWidgets.QCheckBox, QtWidgets.QComboBox
+QDialog, QDialogButtonBox = QtWidgets.QDialog, QtWidgets.QDialogButtonBox
+QDoubleSpinBox = QtWidgets.QDoubleSpinBox
+QFormLayout, QLabel, QMessageBox = QtWidgets.QFormLayout, QtWidgets.QLabel, QtWidgets.QMessageBox
+QProgressDialog = QtWidgets.QProgressDialog
