@@ -180,6 +180,8 @@ def test_editor_client_gets_decontaminated_colours_on_both_transports(daemon, ph
     import tempfile
     lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
+    shutil.copy(Path(__file__).parent.parent / "daemon" / "layermatte" / "platforms.py",
+                lite_dir / "layermatte_platforms.py")
     from layermatte.plugin_install import descriptor_file
     shutil.copy(descriptor_file(), lite_dir)
     monkeypatch.syspath_prepend(str(lite_dir))
@@ -206,6 +208,8 @@ def test_editor_client_hands_big_layers_over_in_a_file(daemon, photos, monkeypat
     import tempfile
     lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
+    shutil.copy(Path(__file__).parent.parent / "daemon" / "layermatte" / "platforms.py",
+                lite_dir / "layermatte_platforms.py")
     from layermatte.plugin_install import descriptor_file
     shutil.copy(descriptor_file(), lite_dir)
     import importlib.util   # a module of its own, not whichever copy an earlier test imported

@@ -55,17 +55,43 @@ def _config() -> dict:
         return {}
 
 
-def default_socket() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    folder = Path(base) / "layermatte" if base else Path(f"/tmp/layermatte-{os.getuid()}")
-    return str(folder / "daemon.sock")
+def _load_platforms():
+    """layermatte's platform module: copied next to this file by `layermatte install`,
+    or the checkout's own. Loaded by path, so it works as a top-level module (GIMP)
+    and inside a package (Krita) alike."""
+    import importlib.util
+    for path in (HERE / "layermatte_platforms.py",
+                 HERE.parent.parent / "daemon" / "layermatte" / "platforms.py"):
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("layermatte_platforms", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault("layermatte_platforms", module)
+            spec.loader.exec_module(module)
+            return module
+    raise LayermatteError("the plug-in is incomplete (layermatte_platforms.py is missing): "
+                          "run `layermatte install gimp` or `layermatte install krita` again")
+
+
+platforms = _load_platforms()
 
 
 def resolve_address() -> str:
+    """LAYERMATTE_ADDRESS / LAYERMATTE_SOCKET, the install-time record, else the
+    user's own daemon (a unix socket; on Windows the TCP address it published)."""
     if os.environ.get("LAYERMATTE_ADDRESS"):
         return os.environ["LAYERMATTE_ADDRESS"]
-    sock = os.environ.get("LAYERMATTE_SOCKET") or _config().get("socket") or default_socket()
-    return "unix:" + str(Path(sock).absolute())
+    sock = os.environ.get("LAYERMATTE_SOCKET") or _config().get("socket")
+    if sock:
+        return "unix:" + str(Path(sock).absolute())
+    return platforms.default_endpoint().address
+
+
+def daemon_token(address: str):
+    """The token a TCP daemon needs: LAYERMATTE_TOKEN, else the user's own daemon's."""
+    if os.environ.get("LAYERMATTE_TOKEN"):
+        return os.environ["LAYERMATTE_TOKEN"]
+    own = platforms.default_endpoint()
+    return own.token() if address and address == own.address else None
 
 
 def layermatte_command() -> list[str]:
@@ -78,8 +104,14 @@ def layermatte_command() -> list[str]:
     found = shutil.which("layermatte")
     if found:
         return [found]
+    if recorded:
+        raise LayermatteError(f"the layermatte program recorded at install time ({recorded[0]}) no "
+                              "longer exists (was Python upgraded or its environment removed?). "
+                              "Install layermatte again, then run `layermatte install gimp` or "
+                              "`layermatte install krita`.")
     raise LayermatteError("the layermatte program was not found. Install it (pip install "
-                          "layermatte) and run `layermatte install gimp` or `layermatte install krita`.")
+                          "'layermatte[cpu]') and run `layermatte install gimp` or "
+                          "`layermatte install krita`.")
 
 
 # -- gRPC transport -------------------------------------------------------------
@@ -99,6 +131,8 @@ class _Grpc:
         self.channel = grpc.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", 16 << 20)])
         self.address = address
+        token = daemon_token(address)
+        self.metadata = (("authorization", "Bearer " + token),) if token else ()
 
     def ping(self, timeout: float = 1.0) -> bool:
         """Reachability without the health proto: ListModels answers or not."""
@@ -106,7 +140,7 @@ class _Grpc:
                                         request_serializer=lambda b: b,
                                         response_deserializer=lambda b: b)
         try:
-            call(b"", timeout=timeout)
+            call(b"", timeout=timeout, metadata=self.metadata)
             return True
         except self.grpc.RpcError:
             return False
@@ -142,7 +176,7 @@ class _Grpc:
 
         call = self.channel.stream_stream(
             "/layermatte.v1.Matting/Matte", request_serializer=lambda msg: msg.SerializeToString(),
-            response_deserializer=m["MatteResponse"].FromString)(requests())
+            response_deserializer=m["MatteResponse"].FromString)(requests(), metadata=self.metadata)
         stop = threading.Event()
 
         def watch():
@@ -316,10 +350,37 @@ def matte(width: int, height: int, fmt: str, pixels: bytes, *, options: dict | N
                  cancel, autostart)
 
 
-def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, progress, cancel,
-          autostart):
-    cmd = layermatte_command() + ["pipe", "--address", address, "--width", str(width),
-                                  "--height", str(height), "--format", fmt]
+# -- pipe transport ------------------------------------------------------------------
+# `layermatte pipe --protocol N` (daemon/layermatte/cli/pipe.py says what N means):
+# the layer on the child's stdin, which stays open as its lifeline (closing it
+# cancels the request); the matte on its stdout; JSON lines on its stderr:
+# a hello first, a heartbeat every 2 s, progress, then a summary or an error.
+PIPE_PROTOCOL = 2
+PIPE_START_TIMEOUT = 60.0    # s for the child's hello (a cold start of Python on a slow disk)
+PIPE_SILENCE_TIMEOUT = 30.0  # s without a word from a child that said hello: it is hung
+PIPE_STOP_GRACE = 1.0        # s a cancelled child gets to cancel its request, then it is killed
+
+
+def _editor() -> str:
+    if "krita" in sys.modules:
+        return "krita"
+    if "gi.repository.Gimp" in sys.modules:
+        return "gimp"
+    return "gimp` or `layermatte install krita"
+
+
+def _mismatch(program: str) -> LayermatteError:
+    mine = _config().get("version") or "unknown"
+    return LayermatteError(f"the plug-in is version {mine} (pipe protocol {PIPE_PROTOCOL}), the "
+                           f"layermatte program is {program}: run `layermatte install {_editor()}` "
+                           "again with the layermatte you use")
+
+
+def _pipe_command(address, width, height, fmt, options, guide, depth16, autostart) -> list[str]:
+    cmd = ["pipe", "--protocol", str(PIPE_PROTOCOL), "--width", str(width),
+           "--height", str(height), "--format", fmt]
+    if address:
+        cmd += ["--address", address]
     if options.get("model"):
         cmd += ["--model", options["model"]]
     for key, flag in OPTION_FLAGS.items():
@@ -327,64 +388,181 @@ def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, pro
             cmd += [flag, str(float(options[key]))]
     if options.get("quality"):
         cmd += ["--quality", options["quality"]]
-    if guide_mask is not None:
+    if guide:
         cmd.append("--guide")
     if depth16:
         cmd.append("--depth16")
     if not autostart:
         cmd.append("--no-autostart")
-    want_fg = bool(options.get("foreground"))
-    if want_fg:
+    if options.get("foreground"):
         cmd.append("--foreground")
         if options.get("decontaminate"):
             cmd.append("--decontaminate")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    errors, summary = [], {}
+    return platforms.host_command(layermatte_command() + cmd)
 
-    def read_events():
-        for line in proc.stderr:
+
+class _Child:
+    """One `layermatte pipe` run. Every pipe is read or written by a thread of
+    its own, so this (the caller's) thread only watches the clock and `cancel`:
+    a child that dies, hangs or floods cannot block or kill the editor."""
+
+    def __init__(self, cmd: list[str], out_size: int, progress):
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, bufsize=0,
+                                         env=platforms.clean_child_env(os.environ),
+                                         **platforms.hidden_popen_kwargs())
+        except OSError as e:
+            raise LayermatteError(f"could not start the layermatte program ({cmd[0]}: "
+                                  f"{e.strerror or e}). Install layermatte again and run "
+                                  f"`layermatte install {_editor()}`.") from None
+        self.progress = progress
+        self.out = bytearray(out_size)
+        self.got = 0
+        self.hello, self.summary, self.errors, self.text = None, None, [], []
+        self.heard = time.monotonic()
+        self.readers = [threading.Thread(target=self._read_events, daemon=True),
+                        threading.Thread(target=self._read_answer, daemon=True)]
+        for t in self.readers:
+            t.start()
+
+    def _read_events(self):
+        import io
+        for line in io.BufferedReader(self.proc.stderr):
+            self.heard = time.monotonic()
             try:
                 ev = json.loads(line)
             except ValueError:
+                ev = None
+            if not isinstance(ev, dict):   # not ours: a traceback, a shell's complaint...
+                self.text = (self.text + [line.decode("utf-8", "replace").rstrip()])[-30:]
                 continue
-            if "progress" in ev and progress:
-                progress(ev["stage"], ev["progress"])
-            elif "error" in ev:
-                errors.append(ev["error"])
+            if "hello" in ev:
+                self.hello = ev["hello"]
+            elif "progress" in ev and self.progress:
+                self.progress(ev.get("stage", ""), ev["progress"])
             elif "summary" in ev:
-                summary.update(ev["summary"])
+                self.summary = ev["summary"]
+            elif "error" in ev:
+                self.errors.append(ev)
 
-    def feed():
+    def _read_answer(self):
+        view = memoryview(self.out)
+        while True:
+            if self.got < len(view):
+                n = self.proc.stdout.readinto(view[self.got:])
+            else:   # more than announced: drained (the child must not block), then refused
+                n = len(self.proc.stdout.read(CHUNK))
+            if not n:
+                return
+            self.heard = time.monotonic()
+            self.got += n
+
+    def feed(self, planes):
+        """Write the planes on a thread of its own with SIGPIPE blocked there: an
+        editor whose Python leaves SIGPIPE at its default (Krita) would otherwise
+        be killed when the child exits before it has read them all."""
+        def write():
+            import signal
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+            try:
+                for data in planes:
+                    view = memoryview(data)
+                    for off in range(0, len(view), CHUNK):
+                        self.proc.stdin.write(view[off:off + CHUNK])
+            except (OSError, ValueError):   # the child is gone; its stderr says why
+                pass
+        self.feeder = threading.Thread(target=write, daemon=True)
+        self.feeder.start()
+
+    def wait(self, cancel):
+        """Until the child has exited and its answer has ended; cancel and the
+        clock are watched meanwhile."""
+        while self.proc.poll() is None or self.readers[1].is_alive():
+            if cancel is not None and cancel.is_set():
+                self.stop()
+                raise Cancelled("cancelled")
+            limit = PIPE_SILENCE_TIMEOUT if self.hello else PIPE_START_TIMEOUT
+            if time.monotonic() - self.heard > limit:
+                self.kill()
+                what = "stopped answering" if self.hello else "did not start"
+                raise LayermatteError(f"the layermatte program {what}: no word from it for "
+                                      f"{limit:.0f} s. {self._last_words()}".strip())
+            self.readers[1].join(0.05)
+        self.readers[0].join(5)
+        self._close()
+
+    def stop(self):
+        """Cancel: the end of stdin makes the child cancel its request in the
+        daemon; one that does not exit promptly is killed (which the daemon
+        sees as a cancel too)."""
+        if self.feeder.is_alive():   # still writing the layer: no request was sent yet
+            self.kill()
+            return
+        self._close_stdin()
         try:
-            proc.stdin.write(pixels)
-            if guide_mask is not None:
-                proc.stdin.write(guide_mask)
-            proc.stdin.close()
+            self.proc.wait(PIPE_STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._close()
+
+    def kill(self):
+        try:
+            self.proc.kill()
         except OSError:
             pass
-    threads = [threading.Thread(target=read_events, daemon=True), threading.Thread(target=feed, daemon=True)]
-    for t in threads:
-        t.start()
+        self.proc.wait()
+        self._close()
+
+    def _close_stdin(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def _close(self):
+        self._close_stdin()
+        for t in self.readers:
+            t.join(1)
+
+    def _last_words(self) -> str:
+        lines = [l for l in self.text if l.strip()]
+        return f"It said: {lines[-1]}" if lines else ""
+
+    def result(self) -> tuple[bytes, dict]:
+        code = self.proc.returncode
+        mismatch = next((e["mismatch"] for e in self.errors if e.get("mismatch")), None)
+        if mismatch:
+            raise _mismatch(f"{mismatch.get('version')} (pipe protocols "
+                            f"{', '.join(map(str, mismatch.get('protocols', [])))})")
+        if code == 0 and self.summary is not None and self.got == len(self.out):
+            return bytes(self.out), self.summary
+        if self.errors:
+            raise LayermatteError(self.errors[-1]["error"])
+        said = " ".join(self.text)
+        if not self.hello and "--protocol" in said and ("unrecognized" in said or "usage:" in said):
+            raise _mismatch("an older one, without pipe protocols")
+        if self.hello is None and "usage:" in said:   # refused what this plug-in sends
+            raise _mismatch(f"another version. {self._last_words()}")
+        how = f"was killed by signal {-code}" if code and code < 0 else f"failed (exit {code})"
+        if code == 0:
+            how = f"sent {self.got} bytes for an answer of {len(self.out)}"
+        raise LayermatteError(f"the layermatte program {how}. {self._last_words()}".strip())
+
+
+def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, progress, cancel,
+          autostart):
+    cmd = _pipe_command(address, width, height, fmt, options, guide_mask is not None, depth16,
+                        autostart)
     matte_size = width * height * (2 if depth16 else 1)
-    fg_size = width * height * 3 * (1 if fmt.endswith("8") else 2) if want_fg else 0
-    out_size = matte_size + fg_size
-    chunks, got = [], 0
-    while got < out_size:
-        if cancel is not None and cancel.is_set():
-            proc.terminate()
-            proc.wait()
-            raise Cancelled("cancelled")
-        block = proc.stdout.read(min(CHUNK, out_size - got))
-        if not block:
-            break
-        chunks.append(block)
-        got += len(block)
-    proc.wait()
-    threads[0].join(5)
-    if proc.returncode != 0 or got != out_size:
-        raise LayermatteError(errors[-1] if errors else f"layermatte pipe failed (exit {proc.returncode})")
-    data = b"".join(chunks)
+    want_fg = bool(options.get("foreground"))
+    fg_size = width * height * 3 * (1 if FORMATS[fmt][0] in EIGHT_BIT else 2) if want_fg else 0
+    child = _Child(cmd, matte_size + fg_size, progress)
+    child.feed([pixels] + ([guide_mask] if guide_mask is not None else []))
+    child.wait(cancel)
+    data, summary = child.result()
+    summary = dict(summary)
     if want_fg:
         summary["foreground"] = data[matte_size:]
     return data[:matte_size], summary
