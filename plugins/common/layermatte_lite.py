@@ -297,20 +297,32 @@ def grpc_available() -> bool:
 
 
 # -- the call the plug-ins make ----------------------------------------------------
-def start_daemon(address: str, timeout: float = 60.0) -> None:
-    if not address.startswith("unix:"):
+def start_daemon(address: str, timeout: float = 60.0) -> str:
+    """Start the user's daemon in the background (gRPC transport; the pipe
+    program starts it itself) and return the address it answers at: the unix
+    socket, or on Windows the TCP address it publishes once it listens."""
+    own = platforms.default_endpoint()
+    if address.startswith("unix:"):
+        args = ["serve", "--socket", address[5:]]
+    elif not platforms.unix_sockets_supported() and address in ("", own.address):
+        args = ["serve"]
+    else:
         raise LayermatteError(f"no layermatte daemon answers at {address}. Start it with "
                               "`layermatte serve`.")
-    cmd = layermatte_command() + ["serve", "--socket", address[5:]]
-    subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    probe = _Grpc(address) if grpc_available() else None
+    cmd = platforms.host_command(layermatte_command() + args)
+    try:
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=platforms.clean_child_env(os.environ),
+                         **platforms.detached_popen_kwargs())
+    except OSError as e:
+        raise LayermatteError(f"could not start the layermatte program ({cmd[0]}: "
+                              f"{e.strerror or e}). Install layermatte again and run "
+                              f"`layermatte install {_editor()}`.") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if probe is None:
-            return  # the pipe transport starts/awaits the daemon itself
-        if probe.ping(0.5):
-            return
+        target = address if address.startswith("unix:") else platforms.default_endpoint().address
+        if target and _Grpc(target).ping(0.5):
+            return target
         time.sleep(0.2)
     raise LayermatteError(f"started the layermatte daemon but it did not answer within "
                           f"{timeout:.0f} s. Run `layermatte serve` in a terminal to see why.")
@@ -336,7 +348,8 @@ def matte(width: int, height: int, fmt: str, pixels: bytes, *, options: dict | N
             if not autostart:
                 raise LayermatteError(f"no layermatte daemon answers at {address}. "
                                       "Start it with `layermatte serve`.")
-            start_daemon(address)
+            address = start_daemon(address)
+            client = _Grpc(address)
         header = {"request_id": uuid.uuid4().hex[:12], "width": width, "height": height,
                   "format": code, "model_id": options.get("model", ""),
                   "matte_depth": 1 if depth16 else 0, "source": 1 if guide_mask is not None else 0,

@@ -1,33 +1,84 @@
 """layermatte pipe: raw pixels on stdin, raw matte on stdout.
 
-The plug-ins' fallback when the editor's Python has no usable grpc: one JSON
-object per line on stderr ({"stage", "progress"}, {"summary"} or {"error"}).
+The plug-ins' transport when the editor's Python has no usable grpc (most
+editors' own Pythons), run once per click: it imports only the client side
+(rawclient: grpc and the generated messages), never numpy or the pipeline.
+
+Protocol PROTOCOL (the plug-in passes `--protocol N` first, and a program that
+speaks no N says so before it reads anything):
+* stderr: one JSON object per line: {"hello": {"version", "protocol"}} first,
+  {"alive": true} every HEARTBEAT_S while it runs (a silent child is a hung
+  one), {"stage", "progress"}, then {"summary"} on success or {"error"}, with
+  "mismatch": {"version", "protocols"} when the protocol is not spoken here,
+  "cancelled": true when the request was cancelled.
+* stdin: the planes (pixels, then the GRAY8 guide with --guide), then kept
+  open by the plug-in: its end before the answer (the plug-in cancelled, or
+  died) cancels the request in the daemon.
+* stdout: the matte (then the colours with --foreground), exactly sized.
+Without --protocol (people and scripts) stdin may end after the planes; a
+parent that dies (the parent pid changes) still cancels the request.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+import threading
 
-import numpy as np
+from .. import __version__
+from ..errors import Cancelled, InvalidInput, LayermatteError
+from ..rawclient import RawClient, RawRequest, bytes_per_pixel, ensure_daemon, format_names
+from ..rawclient import default_token, pb, resolve_address
+from .common import add_connection
 
-from .. import formats
-from ..errors import InvalidInput, LayermatteError
-from .common import add_connection, connect
-from ..pipeline import QUALITIES, MatteOptions
-from ..refine import EdgeOptions
+PROTOCOL = 2          # 1: the unversioned pipe of 0.1 (no --protocol, no hello)
+PROTOCOLS = (1, 2)
+HEARTBEAT_S = 2.0
+PARENT_POLL_S = 0.2
+QUALITY = {"fast": pb.REFINEMENT_QUALITY_FAST, "hq": pb.REFINEMENT_QUALITY_HQ}
+_write_lock = threading.Lock()
+
+
+def _event(**kv) -> None:
+    """One line on stderr, written whole on the raw fd: the heartbeat thread may
+    still be writing when the program ends, and a daemon thread inside a
+    buffered stream's lock at exit is a fatal error for Python."""
+    line = (json.dumps(kv) + "\n").encode()
+    with _write_lock:
+        try:
+            while line:
+                line = line[os.write(2, line):]
+        except OSError:   # the plug-in is gone: nobody to tell
+            pass
+
+
+class _Protocol(argparse.Action):
+    """Checked the moment argparse meets it (the plug-in sends it first): a
+    newer plug-in's unknown flags further on cannot hide the real cause."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value not in PROTOCOLS:
+            _event(error=f"this layermatte program (version {__version__}) speaks pipe protocols "
+                         f"{', '.join(map(str, PROTOCOLS))}, not {value}",
+                   mismatch={"version": __version__, "protocols": list(PROTOCOLS)})
+            sys.exit(3)
+        setattr(namespace, self.dest, value)
 
 
 def register(sub):
     p = sub.add_parser("pipe", help="raw pixels in, raw matte out (for editor plug-ins)")
+    p.add_argument("--protocol", type=int, action=_Protocol, default=1,
+                   help=f"the plug-ins' pipe protocol (this program speaks {PROTOCOLS})")
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--height", type=int, required=True)
-    p.add_argument("--format", required=True, choices=sorted(formats.BY_NAME))
+    p.add_argument("--format", required=True, choices=sorted(format_names()))
     p.add_argument("--model", default="")
     p.add_argument("--feather", type=float, default=0.0)
     p.add_argument("--shift", type=float, default=0.0)
     p.add_argument("--smooth", type=float, default=0.0)
     p.add_argument("--contrast", type=float, default=0.0)
-    p.add_argument("--quality", choices=QUALITIES, default="fast")
+    p.add_argument("--quality", choices=sorted(QUALITY), default="fast")
     p.add_argument("--guide", action="store_true", help="a GRAY8 mask to refine follows the pixels")
     p.add_argument("--depth16", action="store_true", help="write a 16-bit little-endian matte")
     p.add_argument("--foreground", action="store_true",
@@ -38,12 +89,9 @@ def register(sub):
     p.set_defaults(run=run)
 
 
-def _event(**kv) -> None:
-    sys.stderr.write(json.dumps(kv) + "\n")
-    sys.stderr.flush()
-
-
 def _read_exact(stream, n: int) -> bytearray:
+    """n bytes from the raw stream: nothing read ahead, so what follows on
+    stdin is the lifeline's."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
     while got < n:
@@ -54,31 +102,83 @@ def _read_exact(stream, n: int) -> bytearray:
     return buf
 
 
+def _watch(cancel: threading.Event, done: threading.Event, stdin_is_lifeline: bool,
+           heartbeat: bool) -> None:
+    """Cancel when the parent goes: stdin ends (a plug-in keeps it open until it
+    has the answer) or, where the system re-parents orphans, the parent pid
+    changes. Heartbeats meanwhile, so that the plug-in can tell a hung child."""
+    parent = os.getppid()
+    if stdin_is_lifeline:
+        def lifeline():
+            try:   # the raw fd, for the same reason as in _event
+                while os.read(0, 65536):
+                    pass
+            except OSError:
+                pass
+            cancel.set()
+        threading.Thread(target=lifeline, daemon=True).start()
+    beat = 0.0
+    while not done.wait(PARENT_POLL_S):
+        if os.name != "nt" and os.getppid() != parent:
+            cancel.set()
+        beat += PARENT_POLL_S
+        if heartbeat and beat >= HEARTBEAT_S:
+            beat = 0.0
+            _event(alive=True)
+
+
 def run(args) -> int:
+    versioned = args.protocol >= 2
+    if versioned:
+        _event(hello={"version": __version__, "protocol": args.protocol})
+    cancel, done = threading.Event(), threading.Event()
     try:
-        code = formats.BY_NAME[args.format]
-        fmt = formats.lookup(code)
+        code = format_names()[args.format]
         if args.width < 1 or args.height < 1:
             raise InvalidInput(f"layer size must be at least 1x1, got {args.width}x{args.height}")
-        pixels = formats.as_array(_read_exact(sys.stdin.buffer, args.width * args.height * fmt.bytes_per_pixel),
-                                  args.width, args.height, fmt)
-        guide = None
-        if args.guide:
-            guide = np.frombuffer(_read_exact(sys.stdin.buffer, args.width * args.height),
-                                  np.uint8).reshape(args.height, args.width)
-        opts = MatteOptions(edges=EdgeOptions(args.feather, args.shift, args.smooth, args.contrast),
-                            depth16=args.depth16, quality=args.quality,
-                            return_foreground=args.foreground,
-                            decontaminate=args.foreground and args.decontaminate)
-        with connect(args) as client:
-            reply = client.matte(pixels, format_code=code, model_id=args.model, options=opts,
-                                 guide_mask=guide, progress=lambda s, f: _event(stage=s, progress=f))
-        for plane in (reply.matte, reply.foreground):
-            if plane is not None:
-                sys.stdout.buffer.write(np.ascontiguousarray(plane, plane.dtype.newbyteorder("<")).tobytes())
-        sys.stdout.buffer.flush()
+        n = args.width * args.height
+        # While the planes arrive, the parent's end shows as a short read.
+        pixels = _read_exact(sys.stdin.buffer.raw, n * bytes_per_pixel(code))
+        guide = _read_exact(sys.stdin.buffer.raw, n) if args.guide else None
+        threading.Thread(target=_watch, args=(cancel, done, versioned, versioned), daemon=True).start()
+        req = RawRequest(width=args.width, height=args.height, format_code=code, pixels=pixels,
+                         guide=guide, model_id=args.model, feather_px=args.feather,
+                         shift_px=args.shift, smooth=args.smooth, contrast=args.contrast,
+                         quality=QUALITY[args.quality], depth16=args.depth16,
+                         foreground=args.foreground,
+                         decontaminate=args.foreground and args.decontaminate)
+        reply = _call(args, req, cancel)
+        try:
+            for plane in (reply.matte, reply.foreground):
+                if plane is not None:
+                    sys.stdout.buffer.write(plane)
+            sys.stdout.buffer.flush()
+        except (BrokenPipeError, ValueError):   # the reader went away: nobody wants the answer
+            return 3
         _event(summary=reply.summary)
         return 0
+    except Cancelled as e:
+        _event(error=str(e), cancelled=True)
+        return 130
     except LayermatteError as e:
         _event(error=str(e))
         return 2
+    finally:
+        done.set()
+
+
+def _call(args, req: RawRequest, cancel: threading.Event):
+    address = resolve_address(args.socket, args.address)
+    token = args.token_file.read_text().strip() if args.token_file else None
+    client = RawClient(address, token=token or default_token(address))
+    try:
+        if not args.no_autostart:
+            found = ensure_daemon(address, channel=client.channel)
+            if found != address:   # the user's TCP daemon published its address (Windows)
+                client.close()
+                client = RawClient(found, token=token or default_token(found))
+        if cancel.is_set():
+            raise Cancelled("request cancelled before it was sent")
+        return client.matte(req, progress=lambda s, f: _event(stage=s, progress=f), cancel=cancel)
+    finally:
+        client.close()
