@@ -90,7 +90,7 @@ def discover(editor: str) -> list[EditorLocation]:
 def dest_location(editor: str, dest: Path) -> EditorLocation:
     """--dest is the editor's plug-in folder (GIMP's plug-ins, Krita's pykrita), for both."""
     dest = dest.expanduser().absolute()
-    if dest.name == FOLDER[editor] and not (dest / MANIFEST).exists() and dest.parent.is_dir():
+    if dest.name == FOLDER[editor] and not (dest / MANIFEST).exists():
         raise InvalidInput(f"--dest is the editor's plug-in folder, not ours: use {dest.parent}")
     rc = None
     if editor == "krita":   # a pykrita folder's kritarc, when it is the usual layout
