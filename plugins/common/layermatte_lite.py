@@ -99,7 +99,9 @@ def layermatte_command() -> list[str]:
     if os.environ.get("LAYERMATTE_BIN"):
         return [os.environ["LAYERMATTE_BIN"]]
     recorded = _config().get("command")
-    if recorded and Path(recorded[0]).exists():
+    # Inside Flatpak the recorded program is the host's (run through flatpak-spawn):
+    # the sandbox cannot see it, so it is taken as recorded.
+    if recorded and (platforms.in_flatpak() or Path(recorded[0]).exists()):
         return list(recorded)
     found = shutil.which("layermatte")
     if found:
@@ -556,8 +558,8 @@ class _Child:
         said = " ".join(self.text)
         if not self.hello and "--protocol" in said and ("unrecognized" in said or "usage:" in said):
             raise _mismatch("an older one, without pipe protocols")
-        if self.hello is None and "usage:" in said:   # refused what this plug-in sends
-            raise _mismatch(f"another version. {self._last_words()}")
+        if self.hello is None and code == 2 and ("usage:" in said or "layermatte: error:" in said):
+            raise _mismatch(f"another version. {self._last_words()}")   # refused our flags
         how = f"was killed by signal {-code}" if code and code < 0 else f"failed (exit {code})"
         if code == 0:
             how = f"sent {self.got} bytes for an answer of {len(self.out)}"
