@@ -428,6 +428,11 @@ class _Child:
                                          env=platforms.clean_child_env(os.environ),
                                          **platforms.hidden_popen_kwargs())
         except OSError as e:
+            if platforms.in_flatpak():
+                raise LayermatteError(f"this Flatpak editor cannot run the host's layermatte "
+                                      f"({cmd[0]}: {e.strerror or e}). On the host, run "
+                                      f"`layermatte install {_editor()} --flatpak` and restart "
+                                      "the editor.") from None
             raise LayermatteError(f"could not start the layermatte program ({cmd[0]}: "
                                   f"{e.strerror or e}). Install layermatte again and run "
                                   f"`layermatte install {_editor()}`.") from None
@@ -563,7 +568,11 @@ class _Child:
         how = f"was killed by signal {-code}" if code and code < 0 else f"failed (exit {code})"
         if code == 0:
             how = f"sent {self.got} bytes for an answer of {len(self.out)}"
-        raise LayermatteError(f"the layermatte program {how}. {self._last_words()}".strip())
+        hint = ""
+        if self.hello is None and platforms.in_flatpak():   # never reached the host's program
+            hint = (f" If the Flatpak sandbox refused to run it, run `layermatte install "
+                    f"{_editor()} --flatpak` on the host and restart the editor.")
+        raise LayermatteError(f"the layermatte program {how}. {self._last_words()}".strip() + hint)
 
 
 def _pipe(address, width, height, fmt, pixels, options, guide_mask, depth16, progress, cancel,
