@@ -1,8 +1,8 @@
-"""The GIMP 3 plug-in in real GIMP 3 (gimp-console-3.0 batch mode in the Debian trixie root),
-against the real daemon with the real model.
+"""The GIMP 3 plug-in in real GIMP 3.0 (Debian trixie root) and GIMP 3.2 (Debian forky root), batch
+mode and the full UI, against the real daemon with the real model. Every test runs once per root.
 
-Two GIMP runs do all the work (module fixture `gimp`): run 1 with the daemon reachable over a
-bind-mounted unix socket, run 2 with no daemon. The batch scripts dump the pixels the plug-in
+Two GIMP runs per root do all the work (module fixture `gimp`): run 1 (gimp-console) with the daemon
+reachable over a bind-mounted unix socket, run 2 (the full UI under Xvfb) for undo, the dialog and no daemon. The batch scripts dump the pixels the plug-in
 reads and the masks it writes; the tests compare every mask with the daemon's own matte for
 the same layer pixels. The root's Python has grpcio 1.51 / protobuf 4.21 and cannot run the
 host's `layermatte` program, so run 1 succeeding at all proves the in-process gRPC transport.
@@ -10,6 +10,7 @@ host's `layermatte` program, so run 1 succeeding at all proves the in-process gR
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from root import bind, editor_root, run_in_root
+from root import GIMP_ROOTS, ROOTS, bind, editor_root, run_in_root
 
 pytestmark = pytest.mark.editor
 
@@ -167,6 +168,45 @@ def float32():  # linear float image: read as non-linear float, mask at float pr
     out = {'layer': info('f32', L), 'remove': run(REMOVE, img, [L])}
     out['mask'] = dump('f32-mask', L.get_mask(), 'Y u16')
     img.delete()
+    return out
+
+@case
+def drawn():  # layers GIMP draws: a group and a text layer; GIMP 3.2's link and vector layers too
+    img = Gimp.Image.new(640, 480, Gimp.ImageBaseType.RGB)
+    group = Gimp.GroupLayer.new(img, 'people'); img.insert_layer(group, None, 0)
+    cat = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(path('cat.png')))
+    img.insert_layer(cat, group, 0); cat.set_offsets(100, 60)
+    text = Gimp.TextLayer.new(img, 'Hello', Gimp.context_get_font(), 90, Gimp.Unit.pixel())
+    img.insert_layer(text, None, 0); text.set_offsets(30, 20)
+    layers = {'group': group, 'text': text}
+    if hasattr(Gimp, 'LinkLayer'):  # GIMP 3.2
+        link = Gimp.LinkLayer.new(img, Gio.File.new_for_path(path('cat.png')))
+        img.insert_layer(link, None, 0); link.set_offsets(-40, 250)
+        blob = Gimp.Path.new(img, 'blob'); img.insert_path(blob, None, 0)
+        blob.bezier_stroke_new_ellipse(420, 200, 150, 110, 0)
+        vector = Gimp.VectorLayer.new(img, blob); img.insert_layer(vector, None, 0)
+        layers.update(link=link, vector=vector)
+    def kind(layer):
+        rasterized = getattr(layer, 'is_rasterized', None)
+        return [type(layer).__name__, bool(rasterized()) if rasterized else False]
+    out = {'version': Gimp.version(), 'layers': {}}
+    for name, L in layers.items():
+        o = {'layer': info('drawn-' + name, L), 'before': kind(L)}
+        o['remove'] = run(REMOVE, img, [L])
+        o['after'] = kind(L)
+        o['mask'] = dump('drawn-%s-mask' % name, L.get_mask(), 'Y u8') if L.get_mask() else None
+        known = {x.get_id() for x in img.get_layers()}
+        o['cutout'] = run(DIALOG, img, [L], output='layer')
+        new = [x for x in img.get_layers() if x.get_id() not in known]
+        o['cutout'].update(kinds=[kind(x) for x in new], offsets=[list(x.get_offsets()[1:]) for x in new],
+                           rgba=dump('drawn-%s-cutout' % name, new[0], "R'G'B'A u8") if new else None)
+        out['layers'][name] = o
+    save(img, 'drawn.xcf'); img.delete()
+    img2 = load('drawn.xcf')
+    out['reloaded'] = [{'name': x.get_name(), 'kind': kind(x),
+                        'mask': dump('drawn-xcf-%d' % i, x.get_mask(), 'Y u8') if x.get_mask() else None}
+                       for i, x in enumerate(img2.get_layers())]
+    img2.delete()
     return out
 
 @case
@@ -355,49 +395,61 @@ except lite.LayermatteError as e:
 '''
 
 
-def _gimp_batch(d: Path, name: str, body: str, home: Path, env: dict, ui: bool = False, **values) -> dict:
+def _gimp_batch(root: str, d: Path, name: str, body: str, home: Path, env: dict, ui: bool = False,
+                **values) -> dict:
     results = f"results-{name}.json"
     head = "".join(f"{k} = {v!r}\n" for k, v in dict(D=str(d), RESULTS=results, **values).items())
     (d / f"{name}.py").write_text(head + BATCH_HEAD + body)
     batch = ["--batch-interpreter=python-fu-eval", "-b", f"exec(open('{d}/{name}.py').read())", "--quit"]
-    argv = (["xvfb-run", "-a", "-s", "-screen 0 1280x900x24", "gimp-3.0", "--no-splash"] if ui
-            else ["gimp-console-3.0", "-i"]) + batch
-    p = run_in_root(argv, home=home, env=env, timeout=300)
+    argv = (["xvfb-run", "-a", "-s", "-screen 0 1280x900x24", "gimp", "--no-splash"] if ui
+            else ["gimp-console", "-i"]) + batch
+    p = run_in_root(argv, home=home, env=env, timeout=300, root=root)
     log = f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-6000:]}"
     (d / f"{name}.log").write_text(log)
     assert p.returncode == 0 and (d / results).is_file(), f"GIMP batch {name} failed:\n{log}"
     out = json.loads((d / results).read_text())
     for case, res in out.items():
         assert "error" not in res, f"batch case {case} raised:\n{res['error']}\n{log}"
+    out["log"] = p.stdout + p.stderr  # whole, for the plug-in's messages
     return out
 
 
+@pytest.fixture(scope="module", params=GIMP_ROOTS)
+def groot(request) -> str:
+    """The editor root of this round: trixie (GIMP 3.0) or forky (GIMP 3.2)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def gimp(daemon, photos, tmp_path_factory):
-    editor_root()  # skips with the reason when the root cannot be built here
-    d = tmp_path_factory.mktemp("gimp")
+def gimp(groot, daemon, photos, tmp_path_factory):
+    editor_root(groot)  # skips with the reason when the root cannot be built here
+    d = tmp_path_factory.mktemp("gimp-" + groot)
     d.chmod(0o755)
     home = d / "home"
-    plugdir = home / ".config" / "GIMP" / "3.0" / "plug-ins" / "layermatte"
+    config = home / ".config" / "GIMP" / ROOTS[groot].gimp  # GIMP keeps one folder per minor version
+    plugdir = config / "plug-ins" / "layermatte"
     exe = Path(sys.executable).with_name("layermatte")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "layermatte"]
     subprocess.run(cmd + ["install", "gimp", "--dest", str(plugdir.parent)], check=True, capture_output=True)
     # The host's `layermatte` program cannot run inside the root; record the socket only.
     (plugdir / "layermatte_lite.json").write_text(json.dumps({"socket": str(daemon.socket)}))
-    (home / ".config" / "GIMP" / "3.0" / "gimprc").write_text("(show-welcome-dialog no)\n")
+    (config / "gimprc").write_text("(show-welcome-dialog no)\n")
     Image.fromarray(photos["astronaut"]).save(d / "astro.png")
     Image.fromarray(photos["cat"]).save(d / "cat.png")
     Image.fromarray(photos["coffee"]).save(d / "coffee.png")
-    with bind(d), bind(daemon.workdir):
-        res = _gimp_batch(d, "with_daemon", BATCH_DAEMON, home, {"LAYERMATTE_SOCKET": str(daemon.socket)})
-        res.update(_gimp_batch(d, "ui", BATCH_UI, home, {"GDK_CORE_DEVICE_EVENTS": "1"}, ui=True,
-                               PLUGDIR=str(plugdir), SOCKET=str(daemon.socket),
-                               NOWHERE=str(d / "nobody" / "daemon.sock")))
-        p = run_in_root(["python3", "-c", PIPE_CHECK, str(plugdir)], home=home, timeout=60)
+    with bind(d, root=groot), bind(daemon.workdir, root=groot):
+        res = _gimp_batch(groot, d, "with_daemon", BATCH_DAEMON, home,
+                          {"LAYERMATTE_SOCKET": str(daemon.socket)})
+        res["ui"] = _gimp_batch(groot, d, "ui", BATCH_UI, home, {"GDK_CORE_DEVICE_EVENTS": "1"}, ui=True,
+                                PLUGDIR=str(plugdir), SOCKET=str(daemon.socket),
+                                NOWHERE=str(d / "nobody" / "daemon.sock"))
+        res.update({k: v for k, v in res["ui"].items() if k != "log"})
+        p = run_in_root(["python3", "-c", PIPE_CHECK, str(plugdir)], home=home, timeout=60, root=groot)
         res["pipe"] = {"rc": p.returncode, "out": p.stdout, "err": p.stderr}
     res["dir"] = d
     yield res
-    shutil.rmtree(d, ignore_errors=True)
+    if os.environ.get("LAYERMATTE_KEEP_EDITOR_FILES") != "1":  # =1: keep for a look afterwards
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -628,3 +680,61 @@ def test_without_grpc_the_pipe_fallback_reports_clearly(gimp):
     assert p["rc"] == 0, p["err"]
     assert "grpc_available False" in p["out"]
     assert "ERROR the layermatte program was not found" in p["out"], p["out"]
+
+
+def test_runs_in_the_roots_gimp(gimp, groot):
+    assert gimp["drawn"]["version"].startswith(ROOTS[groot].gimp + "."), gimp["drawn"]["version"]
+
+
+DRAWN_SOURCES = {"text": "text", "link": "linked file", "vector": "path"}
+
+
+def test_drawn_layers_get_a_mask_from_their_drawn_pixels_and_stay_live(gimp, groot, daemon):
+    """Groups and text layers (GIMP 3.0 and 3.2), link and vector layers (3.2): the mask is the daemon's
+    matte of the pixels as GIMP draws them, the layer keeps its kind, and the plug-in says what it did."""
+    r = gimp["drawn"]
+    kinds = {"group": "GroupLayer", "text": "TextLayer"}
+    if ROOTS[groot].gimp >= "3.2":
+        kinds.update(link="LinkLayer", vector="VectorLayer")
+    assert sorted(r["layers"]) == sorted(kinds)
+    for name, o in r["layers"].items():
+        ok(o["remove"])
+        assert o["before"] == o["after"] == [kinds[name], False], f"{name}: the layer was converted"
+        px = layer_pixels(gimp, o["layer"])
+        assert px[..., -1].max() == 255, f"{name}: nothing drawn"
+        assert o["mask"], f"{name}: no mask"
+        assert_close(raw(gimp, o["mask"], np.uint8, px.shape[:2]), daemon_matte(daemon, px), TOL8)
+        if name in DRAWN_SOURCES:
+            assert f"is a {name} layer: layermatte worked on its pixels as drawn now" in gimp["log"], name
+            assert f"later changes to its {DRAWN_SOURCES[name]}" in gimp["log"]
+    assert "is a group layer" not in gimp["log"]
+    if "link" in r["layers"]:
+        assert r["layers"]["link"]["layer"]["offsets"] == [-40, 250]
+
+
+def test_drawn_layers_cutout_is_a_pixel_layer(gimp, daemon):
+    """GIMP kills a plug-in that writes into a group: the cut-out of any drawn layer is a new plain
+    layer at the same place holding the drawn pixels, its alpha cut by the matte."""
+    for name, o in gimp["drawn"]["layers"].items():
+        c = o["cutout"]
+        ok(c)
+        assert c["kinds"] == [["Layer", False]], f"{name}: {c['kinds']}"
+        assert c["offsets"] == [o["layer"]["offsets"]]
+        px = layer_pixels(gimp, o["layer"])
+        rgba = raw(gimp, c["rgba"], np.uint8, px.shape[:2] + (4,))
+        seen = rgba[..., 3] > 0
+        if name in ("group", "link"):  # a photo (the model finds nothing to keep in black text)
+            assert seen.mean() > 0.05, f"{name}: empty cut-out"
+        assert np.abs(rgba[..., :3][seen].astype(int) - px[..., :3][seen]).max(initial=0) <= 1, name
+        want = px[..., 3].astype(int) * daemon_matte(daemon, px) / 255
+        assert np.abs(rgba[..., 3] - want).max() <= TOL8 + 1, name
+        if name in DRAWN_SOURCES:
+            assert f"is a {name} layer: the cut-out is a plain pixel layer" in gimp["log"]
+
+
+def test_drawn_layers_keep_kind_and_mask_through_xcf(gimp):
+    r = gimp["drawn"]
+    for name, o in r["layers"].items():
+        found = [v for v in r["reloaded"] if v["kind"] == o["after"] and v["mask"]]
+        assert found, f"{name}: not in the reloaded XCF as a {o['after'][0]} with a mask: {r['reloaded']}"
+        assert (gimp["dir"] / found[0]["mask"]).read_bytes() == (gimp["dir"] / o["mask"]).read_bytes()
