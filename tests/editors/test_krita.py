@@ -1,6 +1,7 @@
-"""The Krita 5 plug-in in real Krita 5.2 (Debian trixie root), against the real daemon and model.
+"""The Krita plug-in in real Krita 5.2 (Debian trixie root), Krita 5.3 (forky root, Qt5) and Krita 6
+(forky + experimental, Qt6), against the real daemon and model. Every test runs once per root.
 
-Two Krita runs do the work:
+Two Krita runs per root do the work:
 * `krun` (module fixture): one `kritarunner` run (offscreen) of DRIVER, which opens real photos
   as PNG/TIFF files, builds offset/oversized/group layers, and calls
   `layermatte_krita.generate_mask` / `refine_mask` the way scripts do; it saves .kra/.png files,
@@ -8,7 +9,8 @@ Two Krita runs do the work:
   tests look at the files it writes.
 * `gui` (module fixture): the full application under xvfb-run with the plug-in enabled in
   kritarc, driven by a small test-only pykrita extension (E2E) that triggers the real actions:
-  options dialog, Generate (progress dialog, worker thread), Undo/Redo, and the error box.
+  options dialog, Generate picked from the Layer menu (progress dialog, worker thread), Undo/Redo,
+  the error box and Cancel.
 
 The masks are compared with the daemon's own matte for the same pixels (host client).
 The root's Python has grpcio 1.51 / protobuf 4.21 and cannot run the host's `layermatte`
@@ -28,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from root import bind, editor_root, run_in_root
+from root import KRITA_ROOTS, ROOTS, bind, editor_root, run_in_root
 
 pytestmark = pytest.mark.editor
 
@@ -290,11 +292,15 @@ def main(args):
 # --------------------------------------------------------------------------------------------
 # Test-only pykrita extension for the full application: drives the real actions, then exits.
 E2E = r'''
-import json, os, sys, time, traceback
+import importlib, json, os, sys, time, traceback
 from krita import Extension, Krita
-from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import (QApplication, QComboBox, QDialogButtonBox, QDoubleSpinBox, QMessageBox, QProgressDialog,
-                             QPushButton)
+# the binding Krita loaded (PyQt6 in Krita 6, PyQt5 before), found without the plug-in's own qt.py
+QT = "PyQt6" if "PyQt6.QtCore" in sys.modules else "PyQt5"
+QtCore, QtGui, QtWidgets = (importlib.import_module(QT + m) for m in (".QtCore", ".QtGui", ".QtWidgets"))
+Qt, QTimer, QEvent, QKeyEvent = QtCore.Qt, QtCore.QTimer, QtCore.QEvent, QtGui.QKeyEvent
+QApplication, QComboBox, QDialogButtonBox = QtWidgets.QApplication, QtWidgets.QComboBox, QtWidgets.QDialogButtonBox
+QDoubleSpinBox, QMessageBox, QProgressDialog = QtWidgets.QDoubleSpinBox, QtWidgets.QMessageBox, QtWidgets.QProgressDialog
+QPushButton = QtWidgets.QPushButton
 
 D = os.environ["LM_E2E_DIR"]
 R = {"log": [], "exceptions": []}
@@ -361,6 +367,7 @@ class E2E(Extension):
     def start(self):
         app = Krita.instance()
         self.app, self.qwin = app, app.activeWindow().qwindow()
+        R["qt"] = [QT, QtCore.QT_VERSION_STR, app.version()]
         R["actions"] = {k: app.action(k) is not None and app.action(k).text()
                         for k in ("layermatte_generate_mask", "layermatte_refine_mask", "layermatte_options")}
         R["menus"] = menus(self.qwin.menuBar())
@@ -388,8 +395,17 @@ class E2E(Extension):
         log("options closed")
         R["settings"] = {k: app.readSetting("layermatte", k, "?") for k in ("feather", "output", "autostart")}
         self.progress_seen = []
-        # trigger from the event loop, so that the poll below also sees a modal message box
-        QTimer.singleShot(0, lambda: app.action("layermatte_generate_mask").trigger())
+        # from the Layer menu, the way a user picks it: open the menu, highlight the entry, press Return
+        self.menu.popup(self.qwin.mapToGlobal(self.qwin.menuBar().actionGeometry(self.menu.menuAction()).bottomLeft()))
+        QTimer.singleShot(700, self.step(self.pick_generate))
+
+    def pick_generate(self):
+        entry = [a for a in self.menu.actions() if a.objectName() == "layermatte_generate_mask"][0]
+        self.menu.setActiveAction(entry)
+        R["picked_from_menu"] = [self.menu.isVisible(), self.menu.activeAction() is entry]
+        for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
+            QApplication.sendEvent(self.menu, QKeyEvent(kind, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier))
+        R["menu_closed"] = not self.menu.isVisible()
         self.wait(self.mask_or_box, self.generated)
 
     def in_options(self):
@@ -400,7 +416,7 @@ class E2E(Extension):
         R["model_choices"] = [combo.itemText(i) for i in range(combo.count())]
         spins = dlg.findChildren(QDoubleSpinBox)
         spins[0].setValue(1.5)   # feather
-        dlg.findChild(QDialogButtonBox).button(QDialogButtonBox.Save).click()
+        dlg.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Save).click()
 
     def mask_or_box(self):
         for w in QApplication.topLevelWidgets():
@@ -491,7 +507,13 @@ class E2E(Extension):
     def finish(self):
         R["finished"] = True
         save()
-        os._exit(0)   # no "save changes?" prompt on quit
+        # Quit the way a user does (File > Quit), so that Krita writes its settings to kritarc
+        # (Krita 6 keeps them in memory until then). Nothing to save: no "save changes?" prompt.
+        import threading
+        threading.Timer(60, lambda: os._exit(3)).start()   # quitting hung
+        for d in Krita.instance().documents():
+            d.setModified(False)
+        Krita.instance().action("file_quit").trigger()
 
 def fn_name(f): return getattr(f, "__name__", "check")
 
@@ -567,12 +589,18 @@ def expected(daemon, images):
     return Expected(daemon, images)
 
 
+@pytest.fixture(scope="module", params=KRITA_ROOTS)
+def kroot(request) -> str:
+    """The editor root of this round: trixie (Krita 5.2), forky (Krita 5.3) or krita6 (Krita 6, Qt6)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def kenv(daemon, images, expected):
+def kenv(kroot, daemon, images, expected):
     """A bound working folder (same path inside the root) with the inputs and the plug-in
     installed by `layermatte install krita --dest` into a fresh HOME."""
-    editor_root()
-    work = Path(tempfile.mkdtemp(prefix="lmk-", dir="/tmp"))
+    editor_root(kroot)
+    work = Path(tempfile.mkdtemp(prefix=f"lmk-{kroot}-", dir="/tmp"))
     work.chmod(0o755)
     import cv2
     Image.fromarray(images["rgb8"]).save(work / "rgb8.png")
@@ -592,8 +620,8 @@ def kenv(daemon, images, expected):
                             "--dest", str(pykrita)], capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         homes[name] = home
-    with bind(work), bind(daemon.socket.parent):
-        yield {"work": work, "rough": rough, **homes}
+    with bind(work, root=kroot), bind(daemon.socket.parent, root=kroot):
+        yield {"work": work, "rough": rough, "root": kroot, **homes}
     if os.environ.get("LAYERMATTE_KEEP_EDITOR_FILES") != "1":  # =1: keep for a look afterwards
         shutil.rmtree(work, ignore_errors=True)
 
@@ -614,6 +642,7 @@ def krun(kenv, daemon):
     pykrita = kenv["home"] / ".local" / "share" / "krita" / "pykrita"
     try:
         p = run_in_root(["kritarunner", "-s", "lm_driver", "-f", "main", str(work)], home=kenv["home"],
+                        root=kenv["root"],
                         env={"QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": f"{work}:{pykrita}",
                              "LAYERMATTE_SOCKET": str(daemon.socket)}, timeout=600)
     except subprocess.TimeoutExpired as e:
@@ -649,9 +678,9 @@ def assert_matte(got: np.ndarray, want: np.ndarray, what: str, tol: int = TOL):
 
 
 # --------------------------------------------------------------------------------------------
-def test_runs_in_debian_krita_with_grpc_transport(krun):
+def test_runs_in_debian_krita_with_grpc_transport(krun, kroot):
     info = krun["import"]
-    assert info["krita"].startswith("5.")
+    assert info["krita"].startswith(ROOTS[kroot].krita + "."), info["krita"]
     assert info["grpc"] is True, "the root has python3-grpcio: the gRPC transport must be used"
     assert info["lite"].endswith("pykrita/layermatte_krita/layermatte_lite.py")
 
@@ -802,6 +831,7 @@ def gui(kenv, daemon):
     (work / "tmp").mkdir(exist_ok=True)
     try:
         p = run_in_root(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "krita", "--nosplash"], home=home,
+                        root=kenv["root"],
                         env={"LAYERMATTE_SOCKET": str(daemon.socket), "LM_E2E_DIR": str(work),
                              "TMPDIR": str(work / "tmp")}, timeout=400)
     except subprocess.TimeoutExpired as e:
@@ -810,16 +840,20 @@ def gui(kenv, daemon):
     assert out.exists(), f"the test extension never ran:\n{_output(p)}"
     r = json.loads(out.read_text())
     assert r.get("finished"), f"Krita did not finish the scenario: {r}\n{_output(p)}"
+    assert getattr(p, "returncode", None) == 0, f"Krita did not quit cleanly:\n{_output(p)}"
     assert not r["exceptions"], "\n".join(r["exceptions"])
     shots = os.environ.get("LAYERMATTE_KRITA_SCREENSHOTS")
-    if shots:
+    if shots:  # docs/krita-*.png from Krita 5.2, docs/krita53-*.png, docs/krita6-*.png
+        prefix = {"trixie": "krita-", "forky": "krita53-"}.get(kenv["root"], kenv["root"] + "-")
         for png in work.glob("krita-*.png"):
-            shutil.copy(png, Path(shots) / png.name)
+            shutil.copy(png, Path(shots) / png.name.replace("krita-", prefix, 1))
     r["kritarc"] = (home / ".config" / "kritarc").read_text()
     return r
 
 
-def test_gui_registers_actions_in_menus(gui):
+def test_gui_registers_actions_in_menus(gui, kroot):
+    qt6 = ROOTS[kroot].krita >= "6"
+    assert gui["qt"][0] == ("PyQt6" if qt6 else "PyQt5") and gui["qt"][1].startswith("6." if qt6 else "5."), gui["qt"]
     assert gui["actions"] == {"layermatte_generate_mask": "Generate Layer Mask (layermatte)",
                               "layermatte_refine_mask": "Refine Layer Mask (layermatte)",
                               "layermatte_options": "layermatte Options…"}
@@ -839,6 +873,7 @@ def test_gui_generate_with_saved_options_progress_and_undo(gui, kenv, expected):
     got = read_mask(kenv["work"], "gui.mask", W, H)
     assert_matte(got, expected("feather1.5", "rgb8", feather=1.5), "GUI action, feather 1.5 from settings")
     assert any("Masking 'Background'" in label for label in gui["progress_labels"]), gui["progress_labels"]
+    assert gui["picked_from_menu"] == [True, True] and gui["menu_closed"], "Generate was not run from the Layer menu"
     assert gui["after_undo"] == [], "one Undo removes the mask"
     assert gui["after_redo"] == ["layermatte"]
     np.testing.assert_array_equal(read_mask(kenv["work"], "gui-redo.mask", W, H), got)
