@@ -170,8 +170,13 @@ def test_doctor_reports(daemon):
     r = lm("doctor", "--socket", daemon.socket, env=daemon.env)
     out = r.stdout.decode()
     assert r.returncode == 0
-    assert "CPUExecutionProvider" in out and "running; loaded: isnet-general" in out
+    assert "CPUExecutionProvider" in out and f"running (pid {daemon.proc.pid}); loaded: isnet-general" in out
     assert "gimp" in out and "krita" in out
+    r = lm("doctor", "--json", "--socket", daemon.socket, env=daemon.env)
+    import json
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 0 and checks["daemon"]["value"].startswith("running")
+    assert not checks["runtime dir"]["problem"]
 
 
 def test_editor_client_gets_decontaminated_colours_on_both_transports(daemon, photos, monkeypatch):

@@ -34,9 +34,12 @@ def test_socket_is_private(daemon):
 def test_second_serve_detects_the_running_daemon(daemon):
     out = subprocess.run(serve_cmd("--socket", str(daemon.socket), "--no-warm"), env=daemon.env,
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0
-    assert "already running" in out.stderr
-    assert daemon.alive()
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("layermatte: error: a layermatte daemon is "
+                                                   "already running"), out.stderr
+    assert f"(pid {daemon.proc.pid})" in lines[0] and "layermatte stop" in lines[0]
+    assert daemon.alive() and int(daemon.socket.with_suffix(".pid").read_text()) == daemon.proc.pid
 
 
 def test_stale_socket_is_replaced(model_cache):
@@ -70,7 +73,7 @@ def test_two_daemons_racing_for_one_socket(model_cache):
         running = [p for p in procs if p.poll() is None]
         assert len(running) == 1, "exactly one daemon keeps the socket"
         loser = next(p for p in procs if p.poll() is not None)
-        assert loser.returncode == 0 and "already running" in loser.stderr.read()
+        assert loser.returncode == 2 and "already running" in loser.stderr.read()
         assert probe(f"unix:{sock}")
     finally:
         for p in procs:

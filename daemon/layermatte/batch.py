@@ -165,17 +165,21 @@ def plan(input_dir: Path, output_dir: Path, fmt: str = "png") -> list[Job]:
             for rel, out in plain.items()]
 
 
-def process_image(job: Job, matte: MatteFn, fmt: str, options: MatteOptions) -> None:
-    """Read one image, matte it, write the cut-out (or two-layer PSD) atomically.
+def process_image(job: Job, matte: MatteFn, fmt: str, options: MatteOptions,
+                  mask_only: bool = False) -> None:
+    """Read one image, matte it, write the cut-out (or two-layer PSD, or with
+    mask_only the grayscale matte) atomically.
     Raises LayermatteError subclasses on failure; writes nothing then."""
     image = imageio.read(job.source)
     pixels = image.pixels
     if fmt == "webp" and pixels.dtype == np.uint16:  # WebP holds 8 bits only
         pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    opts = dataclasses.replace(options, return_foreground=True, depth16=pixels.dtype == np.uint16)
+    opts = dataclasses.replace(options, return_foreground=not mask_only, depth16=pixels.dtype == np.uint16)
     reply = matte(pixels, opts, None)
     job.output.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "psd":
+    if mask_only:
+        imageio.write(job.output, reply.matte, image.icc_profile)
+    elif fmt == "psd":
         psd.write_cutout_psd(job.output, pixels, reply.matte, reply.foreground, image.icc_profile)
     else:
         fg = reply.foreground
@@ -184,7 +188,7 @@ def process_image(job: Job, matte: MatteFn, fmt: str, options: MatteOptions) -> 
 
 def run(jobs: list[Job], matte: MatteFn, fmt: str, options: MatteOptions = MatteOptions(), *,
         workers: int = 2, force: bool = False, stop: threading.Event | None = None,
-        on_outcome: Callable[[Outcome], None] | None = None) -> Summary:
+        on_outcome: Callable[[Outcome], None] | None = None, mask_only: bool = False) -> Summary:
     """Process jobs on `workers` threads (requests queue in the daemon). Outputs that
     exist are skipped unless `force`. A fatal error (daemon gone, model missing)
     stops the batch and is returned in `summary.aborted`."""
@@ -203,7 +207,7 @@ def run(jobs: list[Job], matte: MatteFn, fmt: str, options: MatteOptions = Matte
             return
         t0 = time.perf_counter()
         try:
-            process_image(job, matte, fmt, options)
+            process_image(job, matte, fmt, options, mask_only)
         except FATAL as e:
             with lock:
                 summary.aborted = summary.aborted or str(e)

@@ -16,18 +16,10 @@ from . import formats, pipeline
 from .catalog import Catalog
 from .engine import Engine
 from .errors import Busy, Cancelled, TooLarge
+from .limits import Limits  # noqa: F401  (here since the start; serve --help reads limits.py)
 from .wire import MatteJob
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_pixels: int = 250_000_000     # a 12000x9000 layer is 108 MP
-    concurrency: int = 1              # inference uses every core already
-    queue_depth: int = 8              # admitted but waiting
-    deadline_s: float = 600.0
-    idle_release_s: float = 60.0      # idle this long: inference memory goes back (0: never)
 
 
 @dataclass(frozen=True)
@@ -129,6 +121,11 @@ class Daemon:
             if self.engine.release_memory(self._arrived):
                 log.info("idle for %.0f s: inference memory released (%.0f ms)",
                          self.limits.idle_release_s, (time.perf_counter() - t0) * 1000)
+
+    def idle_seconds(self) -> float:
+        """How long no request has been in the daemon (0 while one is): serve's idle exit."""
+        with self._admit_lock:
+            return 0.0 if self._admitted else time.monotonic() - self._last_busy
 
     def check_size(self, job: MatteJob) -> None:
         if job.width * job.height > self.limits.max_pixels:

@@ -32,6 +32,11 @@ class Cancelled(LayermatteError):
     grpc_code = "CANCELLED"
 
 
+class DaemonUnavailable(LayermatteError):
+    """No daemon answers, or the one started in the background died."""
+    grpc_code = "UNAVAILABLE"
+
+
 class DownloadError(LayermatteError):
     grpc_code = "UNAVAILABLE"
 

@@ -21,7 +21,8 @@ Image.MAX_IMAGE_PIXELS = 250_000_000  # decompression-bomb guard, same as the da
 # Pillow only warns between 1x and 2x that limit (and decodes the image); read() refuses
 # at 1x itself, so the warning would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-OUTPUT_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+OUTPUT_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                  ".jpg": "JPEG", ".jpeg": "JPEG"}   # JPEG: no alpha (cut --bg-color flattens)
 
 
 @dataclass
@@ -93,6 +94,9 @@ def write(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None) -> N
     path = Path(path)
     fmt = output_format(path)
     with atomic_output(path) as tmp:
+        if fmt == "JPEG" and (pixels.dtype != np.uint8 or pixels.ndim == 3 and pixels.shape[2] in (2, 4)):
+            raise InvalidInput(f"{path}: JPEG holds 8-bit colour without transparency; flatten it "
+                               "onto a colour (cut --bg-color) or write PNG, WebP or TIFF")
         if pixels.dtype == np.uint16:
             if fmt == "WEBP":
                 raise InvalidInput("WebP cannot hold 16-bit images; write PNG or TIFF")
@@ -109,4 +113,6 @@ def write(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None) -> N
                 kwargs.update(lossless=True, exact=True)  # exact: keep colour under alpha 0
             if fmt == "TIFF":
                 kwargs.update(compression="tiff_adobe_deflate")
+            if fmt == "JPEG":
+                kwargs.update(quality=95)
             im.save(tmp, format=fmt, **kwargs)

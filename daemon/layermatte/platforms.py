@@ -44,6 +44,11 @@ def unix_sockets_supported() -> bool:
     return OS != "windows"
 
 
+# The longest unix socket path the kernel takes (sun_path less its NUL): 108 bytes
+# on Linux, 104 on macOS and the BSDs.
+SOCKET_PATH_MAX = 107 if OS == "linux" else 103
+
+
 def user_tag() -> str:
     """A short per-user name for shared folders such as /tmp."""
     if hasattr(os, "getuid"):

@@ -17,7 +17,8 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import localfile, paths, platforms, wire
+from . import lifecycle, localfile, platforms, wire
+from .lifecycle import AlreadyRunning  # noqa: F401  (re-exported)
 from .interceptors import DecodeGuard, TokenInterceptor
 from .daemon import Daemon
 from .errors import Cancelled, InvalidInput, LayermatteError
@@ -68,6 +69,7 @@ class MattingServicer(pb_grpc.MattingServicer):
                            f"request took longer than the daemon's limit of "
                            f"{self.daemon.limits.deadline_s:.0f} s (serve --deadline)")
             else:
+                log.info("request cancelled by the client (%s)", e)
                 failure = (grpc.StatusCode.CANCELLED, str(e))
         except LayermatteError as e:
             log.info("request failed: %s", e)
@@ -196,10 +198,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     token: str | None = None
     grace_s: float = 30.0
-
-
-class AlreadyRunning(Exception):
-    pass
+    idle_exit_s: float = 0.0     # exit after this long without requests (0: never)
 
 
 def _receive_chunks(requests, planes: dict, job, cancel: threading.Event):
@@ -268,17 +267,6 @@ def probe(address: str, timeout: float = 1.0, token: str | None = None) -> bool:
         return False
 
 
-def _local_endpoint(cfg: ServeConfig) -> tuple[Path | None, Path]:
-    """The unix socket and its folder; no socket where grpc has none (Windows)."""
-    if platforms.unix_sockets_supported():
-        sock = cfg.socket or paths.default_socket()
-        return sock, sock.parent
-    if cfg.socket:
-        raise InvalidInput("unix sockets are not available on this system: leave out --socket "
-                           "(the daemon listens on loopback TCP with a token)")
-    return None, platforms.runtime_dir()
-
-
 def _tcp_only_config(cfg: ServeConfig, published: list[Path]) -> ServeConfig:
     """Loopback on the chosen port (default: any free one), and a token: the one
     given, else a fresh random one in the user's runtime folder for clients."""
@@ -292,78 +280,87 @@ def _tcp_only_config(cfg: ServeConfig, published: list[Path]) -> ServeConfig:
     return dataclasses.replace(cfg, port=cfg.port or 0, token=token)
 
 
+def _bind(server: grpc.Server, target: str, what: str, hint: str) -> int:
+    """add_insecure_port, with a failure (grpc raises or returns 0) in one line."""
+    try:
+        bound = server.add_insecure_port(target)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise InvalidInput(f"cannot listen on {what}: {hint}")
+    return bound
+
+
 def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None,
           stop: threading.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set); drains in-flight calls."""
+    """Run until SIGTERM/SIGINT (or `stop` is set, or idle for cfg.idle_exit_s);
+    drains in-flight calls. A failure to start is one InvalidInput and leaves no
+    pid file or socket behind."""
     if cfg.port is not None and not is_loopback(cfg.host) and not cfg.token:
         raise InvalidInput(f"refusing to listen on non-loopback address {cfg.host} without "
                            "--token-file: anyone on the network could use this daemon")
-    sock, folder = _local_endpoint(cfg)
-    paths.ensure_private_dir(folder)
-    lock = platforms.InstanceLock(sock.with_suffix(".lock") if sock else folder / "daemon.lock")
-    if not lock.acquire():
-        raise AlreadyRunning(f"a layermatte daemon is already running on {sock or folder}")
-    pid_file = sock.with_suffix(".pid") if sock else folder / "daemon.pid"
-    pid_file.write_text(str(os.getpid()))
-    if sock is not None and sock.exists():
-        if probe(f"unix:{sock}"):
-            raise AlreadyRunning(f"a layermatte daemon is already running on {sock}")
-        log.info("removing stale socket %s", sock)
-        sock.unlink()
+    files = lifecycle.files_for(cfg.socket)
+    sock = files.socket
+    held = lifecycle.claim(files, probe)
     published: list[Path] = []
-    if sock is None:   # TCP only (Windows): loopback, always with a token
-        cfg = _tcp_only_config(cfg, published)
-
-    stop = stop or threading.Event()
-    # The handler only records the signal: one that called stop.set() could
-    # deadlock, landing while the main thread holds the Event's lock in wait().
-    signalled: list[int] = []
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _: signalled.append(signum))
-    health_servicer = health.HealthServicer()
-    servers = []
-    if sock is not None:
-        servers.append(_make_server(daemon, health_servicer))
-        old_umask = os.umask(0o177)
-        try:
-            servers[0].add_insecure_port(f"unix:{sock}")
-        finally:
-            os.umask(old_umask)
-    if cfg.port is not None:
-        tcp = _make_server(daemon, health_servicer,
-                           [TokenInterceptor(cfg.token)] if cfg.token else [])
-        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        bound = tcp.add_insecure_port(f"{host}:{cfg.port}")
-        if not bound:
-            raise InvalidInput(f"cannot listen on {cfg.host}:{cfg.port}")
-        servers.append(tcp)
-        log.info("listening on %s:%d%s", cfg.host, bound, " (token required)" if cfg.token else "")
-    for s in servers:
-        s.start()
-    for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if sock is not None:
-        sock.chmod(0o600)
-        log.info("listening on unix:%s", sock)
-    else:
-        published.append(platforms.publish_address(f"{cfg.host}:{bound}", os.getpid()))
-
-    if ready is not None:
-        ready.set()
+    servers: list[grpc.Server] = []
+    started = False
     try:
+        if sock is None:   # TCP only (Windows): loopback, always with a token
+            cfg = _tcp_only_config(cfg, published)
+        stop = stop or threading.Event()
+        # The handler only records the signal: one that called stop.set() could
+        # deadlock, landing while the main thread holds the Event's lock in wait().
+        signalled: list[int] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda signum, _: signalled.append(signum))
+        health_servicer = health.HealthServicer()
+        if sock is not None:
+            servers.append(_make_server(daemon, health_servicer))
+            old_umask = os.umask(0o177)
+            try:
+                _bind(servers[0], f"unix:{sock}", str(sock),
+                      "the socket could not be made there: use --socket PATH in a folder of yours")
+            finally:
+                os.umask(old_umask)
+        if cfg.port is not None:
+            tcp = _make_server(daemon, health_servicer,
+                               [TokenInterceptor(cfg.token)] if cfg.token else [])
+            host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+            bound = _bind(tcp, f"{host}:{cfg.port}", f"{cfg.host}:{cfg.port}",
+                          "the port is in use (another daemon or program?) or not allowed: "
+                          "choose another --port")
+            servers.append(tcp)
+            log.info("listening on %s:%d%s", cfg.host, bound, " (token required)" if cfg.token else "")
+        for s in servers:
+            s.start()
+        started = True
+        for name in ("", SERVICE):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if sock is not None:
+            sock.chmod(0o600)
+            log.info("listening on unix:%s", sock)
+        else:
+            published.append(platforms.publish_address(f"{cfg.host}:{bound}", os.getpid()))
+        if cfg.idle_exit_s:
+            log.info("exits after %.0f s without requests (serve --idle-exit)", cfg.idle_exit_s)
+
+        if ready is not None:
+            ready.set()
         while not signalled and not stop.wait(0.2):
-            pass
+            if cfg.idle_exit_s and daemon.idle_seconds() >= cfg.idle_exit_s:
+                log.info("no requests for %.0f s: exiting", cfg.idle_exit_s)
+                break
     finally:
-        log.info("shutting down: draining in-flight requests (up to %.0f s)", cfg.grace_s)
-        health_servicer.enter_graceful_shutdown()
-        events = [s.stop(cfg.grace_s) for s in servers]
+        if started:
+            log.info("shutting down: draining in-flight requests (up to %.0f s)", cfg.grace_s)
+            health_servicer.enter_graceful_shutdown()
+        events = [s.stop(cfg.grace_s if started else 0) for s in servers]
         for e in events:
             e.wait()
-        if sock is not None:
-            sock.unlink(missing_ok=True)
         for path in published:
             path.unlink(missing_ok=True)
-        pid_file.unlink(missing_ok=True)
-        lock.release()
-        log.info("stopped")
+        held.release()
+        if started:
+            log.info("stopped")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import add_connection, add_matte_options, connect, matte_options
+from ..errors import InvalidInput
+from .common import (add_connection, add_matte_options, check_input, check_output, connect,
+                     matte_options)
 
 EXIT_SKIPPED = 3
 
@@ -15,18 +17,19 @@ def register(sub):
                                    "the matte as that layer's layer mask. Everything else is kept. "
                                    f"Exit code 0: all done; {EXIT_SKIPPED}: some layers were skipped "
                                    "(listed); 2: error, nothing written.")
-    p.add_argument("input", type=Path, help="input .psd or .psb")
+    p.add_argument("input", type=Path, nargs="?", help="input .psd or .psb")
     p.add_argument("output", type=Path, nargs="?", help="output file (omit with --in-place)")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--layers", nargs="+", action="extend", metavar="NAME",
-                     help="layers to mask, by name or Group/Layer path")
+                     help="layers to mask, by name or Group/Layer path (the files may follow: "
+                          "trailing .psd/.psb names are taken as INPUT and OUTPUT)")
     sel.add_argument("--all", action="store_true", help="every pixel layer (default)")
     sel.add_argument("--visible", action="store_true", help="visible pixel layers only")
     p.add_argument("--replace-masks", action="store_true",
                    help="replace existing layer masks (default: skip layers that have one)")
     p.add_argument("--in-place", action="store_true",
                    help="overwrite INPUT, keeping a backup (NAME.bak.psd)")
-    add_matte_options(p)
+    add_matte_options(p, decontaminate=None)   # masks only: no colours are written
     add_connection(p)
     p.set_defaults(run=run)
 
@@ -56,8 +59,30 @@ class LayerBar:
             self.bar.close()
 
 
+def _files_after_layers(args) -> None:
+    """`--layers A B in.psd out.psd`: argparse gave the files to --layers."""
+    if args.input is not None or not args.layers:
+        return
+    files = []
+    while args.layers and Path(args.layers[-1]).suffix.lower() in (".psd", ".psb") and len(files) < 2:
+        files.insert(0, Path(args.layers.pop()))
+    if not files or not args.layers:
+        raise InvalidInput("give the input file: `layermatte psd IN.psd OUT.psd --layers NAME...`")
+    args.input = files[0]
+    if len(files) == 2:
+        if args.output is not None:
+            raise InvalidInput(f"too many files: {files[0]}, {files[1]} and {args.output}")
+        args.output = files[1]
+
+
 def run(args) -> int:
     from .. import psd  # psd-tools loads only when this command runs
+    _files_after_layers(args)
+    if args.input is None:
+        raise InvalidInput("give the input file: `layermatte psd IN.psd OUT.psd`")
+    check_input(args.input)
+    if args.output is not None:
+        check_output(args.output, [args.input])
     from ..batch import DaemonMatter
     mode = "names" if args.layers else "visible" if args.visible else "all"
     matter = DaemonMatter(lambda: connect(args), model_id=args.model)
