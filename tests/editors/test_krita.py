@@ -279,7 +279,7 @@ def main(args):
         R["import"] = {"file": layermatte_krita.__file__,
                        "lite": layermatte_krita.masking.lite().__file__,
                        "grpc": layermatte_krita.masking.lite().grpc_available(),
-                       "krita": app.version()}
+                       "krita": app.version(), "qt": layermatte_krita.qt.BINDING}
     except Exception:
         R["import"] = {"error": traceback.format_exc()}
     else:
@@ -681,6 +681,7 @@ def assert_matte(got: np.ndarray, want: np.ndarray, what: str, tol: int = TOL):
 def test_runs_in_debian_krita_with_grpc_transport(krun, kroot):
     info = krun["import"]
     assert info["krita"].startswith(ROOTS[kroot].krita + "."), info["krita"]
+    assert info["qt"] == ("PyQt6" if ROOTS[kroot].krita >= "6" else "PyQt5"), "the plug-in chose the wrong Qt binding"
     assert info["grpc"] is True, "the root has python3-grpcio: the gRPC transport must be used"
     assert info["lite"].endswith("pykrita/layermatte_krita/layermatte_lite.py")
 

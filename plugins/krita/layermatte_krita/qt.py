@@ -2,8 +2,8 @@
 
 The binding is the one Krita itself loaded (its `krita` module is built against it), never
 the first that happens to import: Krita 6 refuses PyQt5 outright ("This version of Krita is
-not compatible with PyQt5!"), and a Krita 5 whose Python also has PyQt6 would crash on a
-second Qt in the process. Everything else in the plug-in imports Qt names from here and
+not compatible with PyQt5!"), and in a Krita 5 whose Python also has PyQt6, importing PyQt6
+would load a second Qt into the process. Everything else in the plug-in imports Qt names from here and
 writes enums fully scoped (Qt.ItemDataRole.ToolTipRole, QDialog.DialogCode.Accepted) and
 `exec()`, which PyQt5 5.11+ accepts as well as PyQt6 (checked in PyQt5 5.15.11).
 Qt6 moved QAction and QShortcut from QtWidgets to QtGui: they are re-exported from here.
@@ -14,26 +14,14 @@ import importlib
 import sys
 
 
-def binding_name(modules=None, krita_version: str | None = None) -> str:
-    """'PyQt6' or 'PyQt5': the one already loaded (by Krita), else by Krita's major version."""
-    modules = sys.modules if modules is None else modules
+def binding_name() -> str:
+    """'PyQt6' or 'PyQt5': the one Krita's `krita` module loaded, else by Krita's major version."""
+    from krita import Krita  # built against Krita's binding: importing it loads that binding
     for name in ("PyQt6", "PyQt5"):
-        if name + ".QtCore" in modules:
+        if name + ".QtCore" in sys.modules:
             return name
-    if krita_version is None:
-        try:
-            from krita import Krita
-            krita_version = Krita.instance().version()
-        except ImportError:  # plain Python: whichever is installed
-            krita_version = ""
-    major = krita_version.split(".")[0]
-    if major.isdigit():
-        return "PyQt6" if int(major) >= 6 else "PyQt5"
-    try:
-        importlib.import_module("PyQt5.QtCore")
-        return "PyQt5"
-    except ImportError:
-        return "PyQt6"
+    major = Krita.instance().version().split(".")[0]
+    return "PyQt6" if major.isdigit() and int(major) >= 6 else "PyQt5"
 
 
 BINDING = binding_name()
