@@ -112,7 +112,8 @@ def test_fresh_venv_runs_every_command(fresh, daemon):
     mins = declared_minimums()
     assert versions == [mins["grpcio"], mins["protobuf"]]
     assert run([exe, "--version"], env=env, cwd=cwd).stdout.strip().startswith("layermatte 0.")
-    assert "GIMP" in run([exe, "doctor"], env=env, cwd=cwd).stdout
+    before = run([exe, "doctor", "--no-probe"], env=env, cwd=cwd).stdout
+    assert re.search(r"^GIMP +no profile found", before, re.M), before
     models = run([exe, "models", "list"], env=env, cwd=cwd).stdout
     assert "isnet-general" in models
     # the plug-ins come out of the wheel, not the checkout
@@ -124,6 +125,9 @@ def test_fresh_venv_runs_every_command(fresh, daemon):
     run([exe, "install", "krita"], env=env, cwd=cwd)
     assert (fresh["home"] / ".local/share/krita/pykrita/layermatte_krita.desktop").is_file()
     assert b"enable_layermatte_krita=true" in (fresh["home"] / ".config/kritarc").read_bytes()
+    after = run([exe, "doctor", "--no-probe"], env=env, cwd=cwd).stdout
+    assert re.search(rf"^GIMP 3\.0 +plug-in 0\.\S+; {re.escape(str(folder))}$", after, re.M), after
+    assert re.search(r"^Krita\S* .*plug-in 0\.", after, re.M), after
     # a real matte through the daemon, at the minimum grpc/protobuf runtimes
     import numpy as np
     from PIL import Image

@@ -110,6 +110,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def _unwritable(folder: Path) -> str | None:
+    """The OS's reason a file cannot be created in folder, or None. A real probe file
+    (removed at once): os.access says nothing useful for root or read-only mounts."""
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".layermatte-probe-"):
+            return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
 def check_output(path: Path, inputs=()) -> None:
     """Before any work: the output's folder exists and is writable, the output is
     not a folder and not one of the inputs (it would be overwritten)."""
@@ -122,8 +133,9 @@ def check_output(path: Path, inputs=()) -> None:
         raise InvalidInput(f"output folder {folder} does not exist; create it first")
     if not folder.is_dir():
         raise InvalidInput(f"{folder} is a file, not a folder; choose another output path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InvalidInput(f"output folder {folder} is not writable; choose another output path")
+    why = _unwritable(folder)
+    if why:
+        raise InvalidInput(f"output folder {folder} is not writable ({why}); choose another output path")
     for src in inputs:
         if not is_std(src) and _same_file(Path(src), path):
             raise InvalidInput(f"the output {path} is the input file: it would be overwritten; "

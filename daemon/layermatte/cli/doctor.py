@@ -84,7 +84,7 @@ def _editors() -> list[tuple[str, str]]:
                      f"`layermatte install {editor}` again)")) if r["installed"] else "plug-in not installed"
             rows.append((r["label"], f"{state}; {r['folder']}"))
         if not found:
-            rows.append((editor, f"no profile found (`layermatte install {editor}` after the first start)"))
+            rows.append(({"gimp": "GIMP", "krita": "Krita"}[editor], f"no profile found (`layermatte install {editor}` after the first start)"))
     return rows
 
 
