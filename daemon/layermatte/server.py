@@ -74,6 +74,10 @@ class MattingServicer(pb_grpc.MattingServicer):
         except LayermatteError as e:
             log.info("request failed: %s", e)
             failure = (getattr(grpc.StatusCode, e.grpc_code), str(e))
+        except GeneratorExit:   # grpc closed the response stream: the client cancelled or went away
+            cancel.set()
+            log.info("request cancelled by the client")
+            raise
         except grpc.RpcError as e:  # the request stream broke: the client cancelled or went away
             log.info("request cancelled by the client while sending")
             # grpc keeps this error in the call's state, and with it the frames that hold the

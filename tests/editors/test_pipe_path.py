@@ -166,9 +166,42 @@ def _assert_mask(got: np.ndarray, want: np.ndarray) -> None:
     assert diff.max() <= 1, f"{int((diff > 1).sum())} pixels differ by more than 1 (max {diff.max()})"
 
 
+# Both editors' scripts: find the `layermatte pipe` child in /proc, and wait for things.
+PROCESS_HELPERS = r'''
+import os, time
+
+def pipe_child():
+    """(pid, parent pid) of the running `layermatte pipe --protocol` child, or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+            stat = open("/proc/%s/stat" % pid).read()
+        except OSError:
+            continue
+        if b"pipe" in argv and b"--protocol" in argv:
+            return int(pid), int(stat.rsplit(")", 1)[1].split()[1])
+    return None
+
+def gone(pid):
+    try:
+        return open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+def wait_for(cond, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.02)
+    return None
+'''
+
+
 # -- GIMP -------------------------------------------------------------------------------------
-GIMP_BATCH = r'''
-import os, signal, threading, time
+GIMP_BATCH = PROCESS_HELPERS + r'''
+import signal, threading
 
 @case
 def grpc_hidden():
@@ -209,32 +242,6 @@ def broken_program():
     finally:
         recorded(good)
     return out
-
-def pipe_child():
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            argv = open('/proc/%s/cmdline' % pid, 'rb').read().split(b'\0')
-            stat = open('/proc/%s/stat' % pid).read()
-        except OSError:
-            continue
-        if b'pipe' in argv and b'--protocol' in argv:
-            return int(pid), int(stat.rsplit(')', 1)[1].split()[1])
-    return None
-
-def gone(pid):
-    try:
-        return open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[0] == 'Z'
-    except OSError:
-        return True
-
-def wait_for(cond, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    return None
 
 @case
 def cancel():
@@ -315,8 +322,8 @@ def test_gimp_cancel_leaves_no_mask_and_frees_the_daemon(gimp):
 
 
 # -- Krita ------------------------------------------------------------------------------------
-KRITA_DRIVER = r'''
-import hashlib, json, os, threading, time, traceback
+KRITA_DRIVER = PROCESS_HELPERS + r'''
+import hashlib, json, threading, traceback
 from krita import Krita
 
 R = {}
@@ -345,31 +352,6 @@ def recorded(cmd=None):
         cfg["command"] = cmd
         json.dump(cfg, open(CONFIG, "w"))
     return cfg["command"]
-
-def pipe_child():
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"pipe" in argv and b"--protocol" in argv:
-            return int(pid)
-    return None
-
-def gone(pid):
-    try:
-        return open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-def wait_for(cond, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    return None
 
 def mask():
     doc, node = open_doc("astro.png")
@@ -406,7 +388,7 @@ def cancel():
     before = hashlib.sha1(pixels(node)).hexdigest()
     stop, seen = threading.Event(), {}
     def cancel_like_the_dialog():   # the progress dialog's Cancel sets this event
-        seen["child"] = wait_for(pipe_child, 120)
+        seen["child"] = (wait_for(pipe_child, 120) or [None])[0]
         seen["daemon_busy"] = bool(wait_for(lambda: os.path.exists(P("daemon-busy")), 120))
         stop.set()
     t = threading.Thread(target=cancel_like_the_dialog, daemon=True); t.start()
