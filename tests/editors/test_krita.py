@@ -327,6 +327,17 @@ def menus(bar):
     walk(bar, [])
     return found
 
+class ShownProgress(QtCore.QObject):
+    """Labels of every progress dialog shown: polling can miss one a fast job closes at once."""
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def eventFilter(self, obj, ev):
+        if ev.type() == QEvent.Type.Show and isinstance(obj, QProgressDialog):
+            self.seen.append(obj.labelText())
+        return False
+
 class E2E(Extension):
     def setup(self):
         def hook(t, v, tb):  # instead of Krita's modal error dialog
@@ -395,6 +406,8 @@ class E2E(Extension):
         log("options closed")
         R["settings"] = {k: app.readSetting("layermatte", k, "?") for k in ("feather", "output", "autostart")}
         self.progress_seen = []
+        self.shown = ShownProgress(self.progress_seen)
+        QApplication.instance().installEventFilter(self.shown)
         # from the Layer menu, the way a user picks it: open the menu, highlight the entry, press Return
         self.menu.popup(self.qwin.mapToGlobal(self.qwin.menuBar().actionGeometry(self.menu.menuAction()).bottomLeft()))
         QTimer.singleShot(700, self.step(self.pick_generate))
