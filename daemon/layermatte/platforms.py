@@ -236,6 +236,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def parent_changed(parent: int) -> bool:
+    """Whether the process that started us is gone. POSIX re-parents orphans, so the
+    parent pid changes; Windows keeps the old id, so there only the pipe's end (the
+    `pipe` child's stdin lifeline) tells, and this says False."""
+    return OS != "windows" and os.getppid() != parent
+
+
 # -- where the editors look for plug-ins ----------------------------------------------
 GIMP_SERIES = ("3.0", "3.2")     # GIMP keeps one profile folder per minor series
 GIMP_FLATPAK, KRITA_FLATPAK = "org.gimp.GIMP", "org.kde.krita"

@@ -27,6 +27,7 @@ import sys
 import threading
 
 from .. import __version__
+from ..platforms import parent_changed
 from ..errors import Cancelled, InvalidInput, LayermatteError
 from ..rawclient import RawClient, RawRequest, bytes_per_pixel, ensure_daemon, format_names
 from ..rawclient import default_token, pb, resolve_address
@@ -70,15 +71,17 @@ def register(sub):
     p = sub.add_parser("pipe", help="raw pixels in, raw matte out (for editor plug-ins)")
     p.add_argument("--protocol", type=int, action=_Protocol, default=1,
                    help=f"the plug-ins' pipe protocol (this program speaks {PROTOCOLS})")
-    p.add_argument("--width", type=int, required=True)
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--format", required=True, choices=sorted(format_names()))
-    p.add_argument("--model", default="")
-    p.add_argument("--feather", type=float, default=0.0)
-    p.add_argument("--shift", type=float, default=0.0)
-    p.add_argument("--smooth", type=float, default=0.0)
-    p.add_argument("--contrast", type=float, default=0.0)
-    p.add_argument("--quality", choices=sorted(QUALITY), default="fast")
+    p.add_argument("--width", type=int, required=True, help="layer width in pixels")
+    p.add_argument("--height", type=int, required=True, help="layer height in pixels")
+    p.add_argument("--format", required=True, choices=sorted(format_names()),
+                   help="pixel layout of the planes on stdin")
+    p.add_argument("--model", default="", help="model id (default: the daemon's default model)")
+    p.add_argument("--feather", type=float, default=0.0, metavar="PX", help="soften the edge by PX pixels")
+    p.add_argument("--shift", type=float, default=0.0, metavar="PX", help="move the edge out (+) or in (-)")
+    p.add_argument("--smooth", type=float, default=0.0, help="round jagged contours, 0..1")
+    p.add_argument("--contrast", type=float, default=0.0, help="harden (+) or soften (-) the edge, -1..1")
+    p.add_argument("--quality", choices=sorted(QUALITY), default="fast",
+                   help="fast: edge-aware upsampling; hq: plus matting on hair/fur edges (slower)")
     p.add_argument("--guide", action="store_true", help="a GRAY8 mask to refine follows the pixels")
     p.add_argument("--depth16", action="store_true", help="write a 16-bit little-endian matte")
     p.add_argument("--foreground", action="store_true",
@@ -119,7 +122,7 @@ def _watch(cancel: threading.Event, done: threading.Event, stdin_is_lifeline: bo
         threading.Thread(target=lifeline, daemon=True).start()
     beat = 0.0
     while not done.wait(PARENT_POLL_S):
-        if os.name != "nt" and os.getppid() != parent:
+        if parent_changed(parent):
             cancel.set()
         beat += PARENT_POLL_S
         if heartbeat and beat >= HEARTBEAT_S:
