@@ -164,7 +164,8 @@ class Daemon:
                 progress("preprocess", 0.07)
                 t0 = time.perf_counter()
                 spec = self.catalog.get(job.model_id or None)
-                prepared = pipeline.model_input(pixels, job.format, spec)
+                prepared = pipeline.model_input(pixels, job.format, spec,
+                                                layer_alpha=not job.options.ignore_layer_alpha)
                 coarse = self.cache.get(prepared.digest)
                 prep_ms = (time.perf_counter() - t0) * 1000
             if job.use_model and coarse is None:

@@ -18,7 +18,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from . import decontaminate, formats, refine
+from . import backdrop, decontaminate, formats, refine
 from .catalog import ModelSpec
 from .engine import LoadedModel
 from .errors import Cancelled, InvalidInput
@@ -76,7 +76,12 @@ class ModelInput:
     fmt: PixelFormat | None = None
 
 
-def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> ModelInput:
+def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
+                layer_alpha: bool = True) -> ModelInput:
+    """layer_alpha: the model sees the layer as it shows (backdrop.shown);
+    False (ignore_layer_alpha) feeds the colours as stored."""
+    if layer_alpha:
+        pixels = backdrop.shown(pixels, fmt)
     pre = spec.preprocess
     s = pre.input_size
     small = _area_colour(pixels, fmt, s, s)
@@ -98,9 +103,10 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> ModelI
     return ModelInput(tensor, low, h.digest(), small, fmt)
 
 
-def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
+                 layer_alpha: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(NCHW float32 input tensor, low-res RGB guide 0..1 on the same grid)."""
-    mi = model_input(pixels, fmt, spec)
+    mi = model_input(pixels, fmt, spec, layer_alpha)
     return mi.tensor, mi.guide
 
 
@@ -128,8 +134,11 @@ def _dividing_factor(n: int, target: int) -> int:
     return max(f, 1)
 
 
-def low_res(pixels: np.ndarray, fmt: PixelFormat, w: int, h: int) -> np.ndarray:
-    """Area-averaged downscale of the colour channels to HxWx3 float 0..1."""
+def low_res(pixels: np.ndarray, fmt: PixelFormat, w: int, h: int, layer_alpha: bool = True) -> np.ndarray:
+    """Area-averaged downscale of the colour channels to HxWx3 float 0..1
+    (of the layer as it shows, like model_input)."""
+    if layer_alpha:
+        pixels = backdrop.shown(pixels, fmt)
     return formats.to_float(_area_colour(pixels, fmt, w, h), fmt)
 
 
@@ -147,7 +156,8 @@ def postprocess(raw: np.ndarray, model: LoadedModel) -> np.ndarray:
 def coarse_from_mask(pixels: np.ndarray, fmt: PixelFormat, mask: np.ndarray) -> Coarse:
     """A mask from anywhere (any size, 8/16-bit or float; e.g. a model's
     1024x1024 output): refined from at most the layer's size and COARSE_MAX
-    px per side, like the model's output."""
+    px per side, like the model's output. pixels: as the guide should read
+    them (run passes the layer as it shows)."""
     h, w = pixels.shape[:2]
     if mask.ndim != 2 or mask.size == 0:
         raise InvalidInput(f"guide mask must be one gray plane, got shape {mask.shape}")
@@ -155,7 +165,7 @@ def coarse_from_mask(pixels: np.ndarray, fmt: PixelFormat, mask: np.ndarray) -> 
     lw, lh = min(mask.shape[1], w, COARSE_MAX), min(mask.shape[0], h, COARSE_MAX)
     if (lw, lh) != (mask.shape[1], mask.shape[0]):
         m = cv2.resize(m, (lw, lh), interpolation=cv2.INTER_AREA)
-    return Coarse(np.ascontiguousarray(m, np.float32), low_res(pixels, fmt, lw, lh))
+    return Coarse(np.ascontiguousarray(m, np.float32), low_res(pixels, fmt, lw, lh, layer_alpha=False))
 
 
 def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
@@ -178,13 +188,18 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         if cancel.is_set():
             raise Cancelled("request cancelled")
 
+    # What the model and the refinement's guide read: the layer as it shows
+    # (made once here; model_input and coarse_from_mask get it as it is).
+    layer_alpha = fmt.has_alpha and not opts.ignore_layer_alpha
+    shown = backdrop.shown(pixels, fmt) if layer_alpha else pixels
+
     # Coarse matte: from the model, the caller's mask, or a cached one.
     if coarse is not None:
         timer.ms["inference"] = 0.0
     elif model is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)
-            prepared = prepared or model_input(pixels, fmt, model.spec)
+            prepared = prepared or model_input(shown, fmt, model.spec, layer_alpha=False)
         check()
         with timer("inference"):
             progress("inference", 0.15)
@@ -192,7 +207,7 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
     elif guide_mask is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)
-            coarse = coarse_from_mask(pixels, fmt, guide_mask)
+            coarse = coarse_from_mask(shown, fmt, guide_mask)
     else:
         raise InvalidInput("nothing to matte: no model and no guide mask")
     check()
@@ -201,15 +216,18 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=n)
     try:
-        return _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress)
+        return _refine(pixels, shown, fmt, opts, coarse, model, pool, n, timer, check, progress)
     finally:
         if own_pool:
             pool.shutdown()
 
 
-def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -> MatteResult:
+def _refine(layer, pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -> MatteResult:
+    """layer: the layer as given (its alpha limits the matte, its colours are
+    the plain foreground); pixels: as it shows (what the guide reads)."""
     h, w = pixels.shape[:2]
     colour, _ = formats.split(pixels, fmt)
+    own_colour, _ = formats.split(layer, fmt)
 
     with timer("upsample"):
         coef = None if opts.plain_upsample else refine.upsampling_coefficients(
@@ -280,7 +298,7 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
             if fmt.has_alpha and not opts.ignore_layer_alpha:
-                q = _times_layer_alpha(q, pixels[a0:a1], fmt)
+                q = backdrop.limit(q, layer[a0:a1], fmt)
             around = q
             q = q[y0 - a0: y0 - a0 + (y1 - y0)]
             if out_dtype == np.uint8:   # q is in 0..1: OpenCV's rounding conversion, one pass
@@ -289,7 +307,7 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
                 matte[y0:y1] = (q * out_max + 0.5).astype(out_dtype)
             if fg is not None:
                 if not opts.decontaminate and colour.dtype == fg.dtype:
-                    fg[y0:y1] = colour[y0:y1]   # the layer's own colours (gray broadcast to RGB)
+                    fg[y0:y1] = own_colour[y0:y1]   # the layer's own colours (gray broadcast to RGB)
                 else:
                     g = guide
                     if opts.decontaminate:
@@ -306,17 +324,6 @@ def _refine(pixels, fmt, opts, coarse, model, pool, n, timer, check, progress) -
     check()
     return MatteResult(matte=matte, foreground=fg, stage_ms=timer.ms, coarse=coarse,
                        model_id=model.spec.id if model else "", provider=model.provider if model else "")
-
-
-def _times_layer_alpha(q: np.ndarray, rows: np.ndarray, fmt: PixelFormat) -> np.ndarray:
-    """The matte limited by the layer's own alpha (q is not written)."""
-    if fmt.dtype.kind == "u":
-        a = cv2.extractChannel(rows, fmt.channels - 1)
-        if cv2.minMaxLoc(a)[0] == fmt.max_value:   # opaque rows, the usual case: nothing to do
-            return q
-        return cv2.multiply(q, a, scale=1.0 / fmt.max_value, dtype=cv2.CV_32F)
-    # Float layers may carry alpha outside 0..1.
-    return q * np.clip(rows[..., -1], 0.0, 1.0).astype(np.float32)
 
 
 def _all(pool: ThreadPoolExecutor, fn, args: list[tuple]) -> None:

@@ -163,7 +163,8 @@ def _read(row: dict, *, src_root, out_root, fmt, options, spec) -> dict:
             except _Captured as c:
                 pixels = c.args[0]
         # model_tensor reads only the model's spec: no weights needed here
-        tensor, _ = pipeline.model_tensor(pixels, _pixel_format(pixels), spec)
+        tensor, _ = pipeline.model_tensor(pixels, _pixel_format(pixels), spec,
+                                          layer_alpha=not options.ignore_layer_alpha)
         row.update(tensor=tensor.tobytes(), data=data)
     except Exception as e:
         row["error"] = _describe(e, job, src_root)
@@ -206,7 +207,8 @@ def _finish(row: dict, *, src_root, out_root, fmt, options, input_size) -> dict:
 
     def matte(pixels, opts, progress=None) -> MatteReply:
         f = _pixel_format(pixels)   # the guide on the model's input grid, as pipeline.run makes it
-        c = pipeline.Coarse(coarse, pipeline.low_res(pixels, f, input_size, input_size))
+        c = pipeline.Coarse(coarse, pipeline.low_res(pixels, f, input_size, input_size,
+                                                     layer_alpha=not opts.ignore_layer_alpha))
         r = pipeline.run(pixels, f, opts, coarse=c, threads=threads)
         return MatteReply(r.matte, r.foreground)
     if not error:
