@@ -236,6 +236,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def parent_id() -> int:
+    """The parent's pid, for parent_changed(). 0 on Windows: there the id tells nothing
+    (and os.getppid of CPython 3.12+ needs PssCaptureSnapshot, which Wine lacks)."""
+    return 0 if OS == "windows" else os.getppid()
+
+
 def parent_changed(parent: int) -> bool:
     """Whether the process that started us is gone. POSIX re-parents orphans, so the
     parent pid changes; Windows keeps the old id, so there only the pipe's end (the

@@ -144,7 +144,11 @@ class _Grpc:
         try:
             call(b"", timeout=timeout, metadata=self.metadata)
             return True
-        except self.grpc.RpcError:
+        except self.grpc.RpcError as e:
+            if e.code() == self.grpc.StatusCode.UNAUTHENTICATED:   # it answers, but not to us
+                raise LayermatteError(f"the layermatte daemon at {self.address} refused this "
+                                      "plug-in's token (missing or wrong): set LAYERMATTE_TOKEN to "
+                                      "the contents of its token file, or unset it") from None
             return False
 
     def matte(self, header: dict, planes, progress, cancel):

@@ -27,7 +27,7 @@ import sys
 import threading
 
 from .. import __version__
-from ..platforms import parent_changed
+from ..platforms import parent_changed, parent_id
 from ..errors import Cancelled, InvalidInput, LayermatteError
 from ..rawclient import RawClient, RawRequest, bytes_per_pixel, ensure_daemon, format_names
 from ..rawclient import default_token, pb, resolve_address
@@ -110,7 +110,7 @@ def _watch(cancel: threading.Event, done: threading.Event, stdin_is_lifeline: bo
     """Cancel when the parent goes: stdin ends (a plug-in keeps it open until it
     has the answer) or, where the system re-parents orphans, the parent pid
     changes. Heartbeats meanwhile, so that the plug-in can tell a hung child."""
-    parent = os.getppid()
+    parent = parent_id()
     if stdin_is_lifeline:
         def lifeline():
             try:   # the raw fd, for the same reason as in _event
