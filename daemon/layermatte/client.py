@@ -3,96 +3,27 @@ fallback all talk to it through this module."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import grpc
 import numpy as np
 
-from . import formats, lifecycle, localfile, platforms, wire
-from .errors import (Busy, Cancelled, DaemonUnavailable, InvalidInput, LayermatteError,
-                     ModelNotFound, ModelNotPulled, TooLarge)
+from . import formats, localfile, wire
+from .errors import Cancelled, DaemonUnavailable, LayermatteError
 from .pipeline import MatteOptions
 from .proto.layermatte.v1 import matting_pb2 as pb
 from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
-from .server import GRPC_OPTIONS, probe
+# One copy of the connection helpers, shared with the pipe program's relay.
+from .rawclient import default_token, ensure_daemon, probe, resolve_address  # noqa: F401
+from .rawclient import status_error as _error
+from .server import GRPC_OPTIONS
 
 log = logging.getLogger(__name__)
 IN_CHUNK = 1 << 20
 Progress = Callable[[str, float], None]
-
-
-_STATUS_ERRORS = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: ModelNotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: ModelNotPulled,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Busy,
-    grpc.StatusCode.CANCELLED: Cancelled,
-    grpc.StatusCode.UNAVAILABLE: DaemonUnavailable,
-}
-
-
-def resolve_address(socket: str | os.PathLike | None = None, address: str | None = None) -> str:
-    """--socket/--address, else LAYERMATTE_SOCKET/LAYERMATTE_ADDRESS, else the user's
-    own daemon (platforms.default_endpoint: the unix socket, or on Windows the TCP
-    address the daemon published; "" when none is published yet)."""
-    if address:
-        return address
-    if socket:
-        return f"unix:{Path(socket).absolute()}"
-    if os.environ.get("LAYERMATTE_ADDRESS"):
-        return os.environ["LAYERMATTE_ADDRESS"]
-    if os.environ.get("LAYERMATTE_SOCKET"):
-        return f"unix:{Path(os.environ['LAYERMATTE_SOCKET']).absolute()}"
-    return platforms.default_endpoint().address
-
-
-def default_token(address: str) -> str | None:
-    """LAYERMATTE_TOKEN, else the token of the user's own TCP daemon (Windows)."""
-    if os.environ.get("LAYERMATTE_TOKEN"):
-        return os.environ["LAYERMATTE_TOKEN"]
-    own = platforms.default_endpoint()
-    if address and address == own.address:
-        return own.token()
-    return None
-
-
-def ensure_daemon(address: str, timeout: float = 60.0, extra_args: list[str] | None = None,
-                  announce: Callable[[str], None] | None = None) -> str:
-    """Start the user's background daemon if none answers; returns the address to use.
-
-    Autostart is for the user's own daemon: a unix socket, or on Windows the
-    TCP daemon that publishes its address in the runtime folder (address ""
-    until it has). Other TCP addresses are never auto-started: the user chose
-    that set-up on purpose. The daemon started exits after an idle time
-    (lifecycle.autostart_idle_exit); one that dies at once is reported at once
-    with its last log line. `announce` gets one line for people when one starts.
-    """
-    own = platforms.default_endpoint()
-    if address.startswith("unix:"):
-        lifecycle.check_socket_path(Path(address[len("unix:"):]))
-    if address and probe(address, token=default_token(address)):
-        return address
-    if address.startswith("unix:"):
-        sock = address[len("unix:"):]
-        files, args = lifecycle.files_for(sock), ["serve", "--socket", sock]
-    elif not platforms.unix_sockets_supported() and address in ("", own.address):
-        files, args = lifecycle.files_for(None), ["serve"]
-    else:
-        raise DaemonUnavailable(f"no layermatte daemon answers at {address}; start one with "
-                                "`layermatte serve --port N`")
-
-    def answer() -> str | None:
-        target = address if address.startswith("unix:") else platforms.default_endpoint().address
-        if target and probe(target, timeout=0.5, token=default_token(target)):
-            return target
-        return None
-
-    return lifecycle.spawn([*args, *(extra_args or [])], files, answer, timeout, announce)
 
 
 @dataclass
@@ -100,17 +31,6 @@ class MatteReply:
     matte: np.ndarray
     foreground: np.ndarray | None
     summary: dict = field(default_factory=dict)
-
-
-def _error(e: grpc.RpcError, address: str) -> LayermatteError:
-    code = e.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return DaemonUnavailable(f"the layermatte daemon at {address} is not reachable "
-                                 f"({e.details()}); start it with `layermatte serve`")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit is" in (e.details() or ""):
-        return TooLarge(e.details())
-    cls = _STATUS_ERRORS.get(code, LayermatteError)
-    return cls(e.details() or code.name)
 
 
 class Client:

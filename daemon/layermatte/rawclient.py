@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,8 +22,8 @@ from typing import Callable
 import grpc
 
 from . import localfile, platforms
-from .errors import (Busy, Cancelled, InvalidInput, LayermatteError, ModelNotFound,
-                     ModelNotPulled, TooLarge)
+from .errors import (Busy, Cancelled, DaemonUnavailable, InvalidInput, LayermatteError,
+                     ModelNotFound, ModelNotPulled, TooLarge)
 from .proto.layermatte.v1 import matting_pb2 as pb
 from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 
@@ -35,10 +33,6 @@ MAX_MESSAGE = 16 << 20
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                    ("grpc.max_send_message_length", MAX_MESSAGE)]
 Progress = Callable[[str, float], None]
-
-
-class DaemonUnavailable(LayermatteError):
-    grpc_code = "UNAVAILABLE"
 
 
 _STATUS_ERRORS = {
@@ -109,41 +103,42 @@ def probe(address: str, timeout: float = 1.0, token: str | None = None,
 
 
 def ensure_daemon(address: str, timeout: float = 60.0, extra_args: list[str] | None = None,
-                  channel: grpc.Channel | None = None) -> str:
+                  channel: grpc.Channel | None = None,
+                  announce: Callable[[str], None] | None = None) -> str:
     """Start the user's background daemon if none answers; returns the address to use.
 
     Autostart is for the user's own daemon: a unix socket, or on Windows the
     TCP daemon that publishes its address in the runtime folder (address ""
     until it has). Other TCP addresses are never auto-started: the user chose
-    that set-up on purpose. `channel`: probe on the caller's channel to
-    `address` (one connection instead of two).
+    that set-up on purpose. The daemon started exits after an idle time
+    (lifecycle.autostart_idle_exit); one that dies at once is reported at once
+    with its last log line. `channel`: probe on the caller's channel to
+    `address` (one connection instead of two); `announce` gets one line for
+    people when a daemon starts.
     """
+    from . import lifecycle   # standard library only: cheap for `pipe`
     own = platforms.default_endpoint()
+    if address.startswith("unix:"):
+        lifecycle.check_socket_path(Path(address[len("unix:"):]))
     if address and probe(address, token=default_token(address), channel=channel):
         return address
     if address.startswith("unix:"):
         sock = address[len("unix:"):]
-        folder, args = Path(sock).parent, ["serve", "--socket", sock]
+        files, args = lifecycle.files_for(sock), ["serve", "--socket", sock]
     elif not platforms.unix_sockets_supported() and address in ("", own.address):
-        folder, args = platforms.runtime_dir(), ["serve"]
+        files, args = lifecycle.files_for(None), ["serve"]
     else:
         raise DaemonUnavailable(f"no layermatte daemon answers at {address}; start one with "
                                 "`layermatte serve --port N`")
-    from . import paths
-    log_path = paths.ensure_private_dir(folder) / "daemon.log"
-    with open(log_path, "ab") as log_file:
-        subprocess.Popen([sys.executable, "-m", "layermatte", *args, *(extra_args or [])],
-                         stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                         **platforms.detached_popen_kwargs())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answer() -> str | None:
         target = address if address.startswith("unix:") else platforms.default_endpoint().address
         if target and probe(target, timeout=0.5, token=default_token(target),
                             channel=channel if target == address else None):
             return target
-        time.sleep(0.1)
-    raise DaemonUnavailable(f"started a daemon ({' '.join(args)}) but it did not answer within "
-                            f"{timeout:.0f} s; see {log_path}")
+        return None
+
+    return lifecycle.spawn([*args, *(extra_args or [])], files, answer, timeout, announce)
 
 
 @dataclass
