@@ -49,6 +49,11 @@ def sources(photos):
 def build_doc(path: Path, sources: dict, depth: int = 8) -> Path:
     to = (lambda a: a.astype(np.uint16) * 257) if depth == 16 else (lambda a: a)
     psd = PSDImage.new("RGB", CANVAS, depth=depth)
+    # Photoshop's Background: the bottom layer without a transparency channel (skipped).
+    bg = psd.create_pixel_layer_from_array(np.full((CANVAS[1], CANVAS[0], 3), 200 if depth == 8 else 51400,
+                                                   np.uint8 if depth == 8 else np.uint16), name="Background")
+    i = next(i for i, ci in enumerate(bg._record.channel_info) if ci.id == -1)  # psd-tools adds one
+    del bg._record.channel_info[i], bg._channels[i]
     arr, top, left = sources["photo"]
     psd.create_pixel_layer_from_array(to(arr), name="photo", top=top, left=left)
     arr, top, left = sources["cat"]
@@ -163,6 +168,7 @@ def test_masks_every_pixel_layer_and_keeps_the_rest(daemon, doc8, expected, tmp_
     assert p.returncode == 3, p.stderr           # some layers skipped
     assert "'grp/empty': empty" in p.stderr
     assert "'masked': already has a layer mask" in p.stderr
+    assert "'Background': Photoshop Background layer (no transparency)" in p.stderr
     before, psd = snapshot(PSDImage.open(doc8)), PSDImage.open(out)
     for name in ("photo", "cat", "coffee"):      # coffee is hidden: --all still takes it
         assert_mask_is_matte(find(psd, name), expected(name))

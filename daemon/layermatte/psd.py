@@ -2,9 +2,12 @@
 
 For each chosen pixel layer, its own pixels (at its own bounds and offset) go
 to a matte function, and the matte comes back as that layer's layer mask
-(psd-tools 1.26 ``create_mask``). Every other record of the file is kept as
-psd-tools read it. Outputs are written to a temporary file and renamed; a
-layer that cannot be processed is reported by name and skipped.
+(psd-tools 1.26 ``create_mask``; an existing pixel mask is rewritten in its own
+record by psd_masks.py). Every other record of the file is kept as psd-tools read
+it. The merged composite is re-rendered only where psd-tools' renderer reproduces
+the file's own (psd_composite.py); otherwise it is kept as stored. Outputs are
+written to a temporary file and renamed; a layer that cannot be processed is
+reported by name and skipped.
 
 The matte function is any ``MatteFn`` (see batch.py): the daemon client with
 retry on a busy queue today, an in-process pipeline later.
@@ -26,6 +29,7 @@ from psd_tools.compression import PSDDecompressionWarning
 from psd_tools.constants import ChannelID, ColorMode, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource
 
+from . import psd_composite, psd_masks
 from .atomic import atomic_output
 from .errors import Busy, Cancelled, InvalidInput, LayermatteError, TooLarge
 from .pipeline import MatteOptions
@@ -47,6 +51,7 @@ class LayerOutcome:
     masked: bool
     reason: str = ""         # why it was skipped
     bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+    slot: str = ""           # where the mask went: new, user (-2), real (-3)
 
 
 @dataclass
@@ -54,6 +59,8 @@ class PsdResult:
     output: Path
     outcomes: list[LayerOutcome] = field(default_factory=list)
     backup: Path | None = None
+    composite_rerendered: bool = False
+    composite: str = ""      # what the saved composite shows, in words
 
     @property
     def masked(self) -> list[str]:
@@ -183,22 +190,26 @@ def layer_pixels(layer, depth: int) -> np.ndarray | None:
 
 # --- writing -----------------------------------------------------------------
 
-def set_mask(layer, matte: np.ndarray, depth: int) -> None:
-    """Write `matte` (layer-sized, uint8 or uint16) as the layer's layer mask.
+def set_mask(layer, matte: np.ndarray, depth: int) -> str:
+    """Write `matte` (layer-sized, uint8 or uint16) as the layer's pixel mask; returns
+    where it went (psd_masks.MaskSlot.kind).
 
-    psd-tools takes masks as PIL images, i.e. 8 bits; in a 16-bit document the
-    stored channel is then widened with 8-bit precision. A uint16 matte is
-    written back into that channel at full precision (pinned psd-tools 1.26).
+    A new mask goes through psd-tools, which takes masks as PIL images, i.e. 8 bits;
+    in a 16-bit document the stored channel is then widened with 8-bit precision and
+    a uint16 matte is written back into it at full precision (pinned psd-tools 1.26).
+    An existing pixel mask is rewritten in place by psd_masks (its flags, density,
+    feather and any vector mask stay as they were).
     """
     h, w = matte.shape
     if (layer.height, layer.width) != (h, w):
         raise ValueError(f"matte {w}x{h} does not fit layer {layer.width}x{layer.height}")
-    m8 = matte if matte.dtype == np.uint8 else ((matte.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if layer.has_mask():
-        layer.remove_mask()   # a clean mask: default flags, background 0, no old parameters
+        return psd_masks.write_pixel_mask(layer, matte, depth).kind
+    m8 = matte if matte.dtype == np.uint8 else ((matte.astype(np.uint32) + 128) // 257).astype(np.uint8)
     layer.create_mask(Image.fromarray(m8, "L"), top=layer.top, left=layer.left)
     if depth == 16 and matte.dtype == np.uint16:
         _store_deep_mask(layer, matte)
+    return "new"
 
 
 def _store_deep_mask(layer, matte16: np.ndarray) -> None:
@@ -211,13 +222,17 @@ def _store_deep_mask(layer, matte16: np.ndarray) -> None:
 
 
 def save_atomic(psd: PSDImage, output: Path, mode_from: Path | None = None,
-                before_replace: Callable[[], None] | None = None) -> None:
+                before_replace: Callable[[], None] | None = None, render: bool = True) -> None:
     """Save to a temporary file beside `output`, then rename over it
-    (`before_replace` runs once the new file is complete, e.g. to take a backup)."""
+    (`before_replace` runs once the new file is complete, e.g. to take a backup).
+    `render=False` writes the records as they are: the stored composite is kept."""
     try:
         with atomic_output(output, mode_from=mode_from, before_replace=before_replace) as tmp:
             with open(tmp, "wb") as f:
-                psd.save(f)
+                if render:
+                    psd.save(f)
+                else:
+                    psd._record.write(f)
     except LayermatteError:
         raise
     except Exception as e:  # psd-tools failing to encode the document
@@ -262,10 +277,16 @@ def _one_layer(layer, name, depth, matte, opts, replace_masks, progress) -> Laye
 
     if layer.kind != "pixel":
         return skip(f"not a pixel layer ({layer.kind})")
-    if layer.has_mask() and not replace_masks:
-        return skip("already has a layer mask (use --replace-masks)")
-    if layer.has_mask() and layer.mask.has_real():
-        return skip("its mask is combined with a vector mask; psd-tools cannot replace it")
+    if is_background(layer):
+        return skip("Photoshop Background layer (no transparency); layermatte leaves it as it is: "
+                    "make it a normal layer in Photoshop (Layer > New > Layer from Background) first")
+    if layer.has_mask():
+        try:
+            psd_masks.pixel_mask_slot(layer)
+        except psd_masks.MaskRefused as e:
+            return skip(str(e))
+        if not replace_masks:
+            return skip("already has a layer mask (use --replace-masks)")
     if layer.width * layer.height > MAX_LAYER_PIXELS:
         return skip(f"too large: {layer.width}x{layer.height} is more than {MAX_LAYER_PIXELS:,} pixels")
     try:
@@ -283,8 +304,30 @@ def _one_layer(layer, name, depth, matte, opts, replace_masks, progress) -> Laye
         return skip(str(e))
     except (Busy, Cancelled):
         raise
-    set_mask(layer, reply.matte, depth)
-    return LayerOutcome(name, True, "", bbox)
+    slot = set_mask(layer, reply.matte, depth)
+    return LayerOutcome(name, True, "", bbox, slot)
+
+
+def is_background(layer) -> bool:
+    """Photoshop's Background: the bottom layer of the document, with no transparency
+    channel. Photoshop never lets it have a mask."""
+    psd = layer._psd
+    return (layer.parent is psd and len(psd) > 0 and psd[0] is layer
+            and all(ci.id != ChannelID.TRANSPARENCY_MASK for ci in layer._record.channel_info))
+
+
+def renders_right(psd: PSDImage, outcomes: list[LayerOutcome]) -> str:
+    """Why psd-tools' renderer would still be wrong after our masks ("" if it is not)."""
+    for o in outcomes:
+        if not o.masked:
+            continue
+        layer = next(ly for ly in psd.descendants() if label(ly) == o.label)
+        data = layer._record.mask_data
+        if o.slot == "real":
+            return "psd-tools does not render a pixel mask combined with a vector mask"
+        if data is not None and data.flags.parameters_applied:
+            return "psd-tools does not render mask density/feather"
+    return ""
 
 
 def process(input_path: Path, output: Path | None, matte: MatteFn, options: MatteOptions = MatteOptions(), *,
@@ -306,19 +349,31 @@ def process(input_path: Path, output: Path | None, matte: MatteFn, options: Matt
     if not output.parent.is_dir():
         raise InvalidInput(f"{output.parent}: output folder does not exist")
     psd = open_document(input_path)
+    data = input_path.read_bytes()
     layers = choose_layers(psd, mode, names)
     if not layers:
         what = "visible pixel layers" if mode == "visible" else "pixel layers"
         raise InvalidInput(f"{input_path}: no {what} to process")
     if on_plan:
         on_plan(len(layers))
+    check = psd_composite.check_renderer(psd, data)   # on the document as it came
     outcomes = matte_layers(psd, layers, matte, options, replace_masks=replace_masks,
                             progress=progress, on_layer=on_layer)
     result = PsdResult(output, outcomes)
+    if not result.masked:
+        result.composite = "composite and thumbnail kept as stored (no mask added)"
+    elif not check.trusted:
+        result.composite = check.describe(rerendered=False)
+    elif why := renders_right(psd, outcomes):
+        result.composite = f"composite and thumbnail kept as stored, without the new masks ({why})"
+    else:
+        result.composite_rerendered = True
+        result.composite = check.describe(rerendered=True)
     if in_place:
         result.backup = backup_path(input_path)
     save_atomic(psd, output, mode_from=input_path if in_place else None,
-                before_replace=(lambda: shutil.copy2(input_path, result.backup)) if in_place else None)
+                before_replace=(lambda: shutil.copy2(input_path, result.backup)) if in_place else None,
+                render=result.composite_rerendered)
     return result
 
 

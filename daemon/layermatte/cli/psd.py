@@ -15,6 +15,10 @@ def register(sub):
     p = sub.add_parser("psd", help="add AI layer masks to the layers of a PSD/PSB file",
                        description="For each chosen pixel layer, send its pixels to the daemon and write "
                                    "the matte as that layer's layer mask. Everything else is kept. "
+                                   "The merged composite (what previews and viewers show) is re-rendered "
+                                   "only when psd-tools reproduces the file's own composite; otherwise it "
+                                   "is kept as stored (showing the document without the new masks) and "
+                                   "the output says which. "
                                    f"Exit code 0: all done; {EXIT_SKIPPED}: some layers were skipped "
                                    "(listed); 2: error, nothing written.")
     p.add_argument("input", type=Path, nargs="?", help="input .psd or .psb")
@@ -29,6 +33,9 @@ def register(sub):
                    help="replace existing layer masks (default: skip layers that have one)")
     p.add_argument("--in-place", action="store_true",
                    help="overwrite INPUT, keeping a backup (NAME.bak.psd)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (output, masked and skipped layers, what the composite "
+                        "shows) to stdout")
     add_matte_options(p, decontaminate=None)   # masks only: no colours are written
     add_connection(p)
     p.set_defaults(run=run)
@@ -86,7 +93,7 @@ def run(args) -> int:
     from ..batch import DaemonMatter
     mode = "names" if args.layers else "visible" if args.visible else "all"
     matter = DaemonMatter(lambda: connect(args), model_id=args.model)
-    bar = LayerBar(enabled=sys.stderr.isatty())
+    bar = LayerBar(enabled=sys.stderr.isatty() and not args.json)
     try:
         result = psd.process(args.input, args.output, matter, matte_options(args, return_foreground=False),
                              mode=mode, names=args.layers or (), replace_masks=args.replace_masks,
@@ -100,6 +107,14 @@ def run(args) -> int:
     n = len(result.masked)
     note = f" (backup: {result.backup})" if result.backup else ""
     print(f"wrote {result.output}: {n} layer mask{'s' if n != 1 else ''} added, "
-          f"{len(result.skipped)} layer{'s' if len(result.skipped) != 1 else ''} skipped{note}",
-          file=sys.stderr)
+          f"{len(result.skipped)} layer{'s' if len(result.skipped) != 1 else ''} skipped{note}; "
+          f"{result.composite}", file=sys.stderr)
+    if args.json:
+        import json
+        print(json.dumps({"input": str(args.input), "output": str(result.output),
+                          "backup": str(result.backup) if result.backup else None,
+                          "masked": [{"layer": o.label, "mask": o.slot} for o in result.outcomes if o.masked],
+                          "skipped": [{"layer": o.label, "reason": o.reason} for o in result.skipped],
+                          "composite": {"rerendered": result.composite_rerendered,
+                                        "detail": result.composite}}), flush=True)
     return EXIT_SKIPPED if result.skipped else 0
