@@ -1,5 +1,5 @@
 """The platform layer's decisions for each OS, as units (macOS and Windows cannot
-run here: the Windows ones also run for real under Wine in test_windows.py)."""
+run here: the Windows ones also run for real under Wine in windows/test_wine.py)."""
 from __future__ import annotations
 
 import json
