@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from layermatte import psd_composite
@@ -115,3 +116,33 @@ def test_replace_masks_on_real_files(daemon, tmp_path, name, layers, kinds):
         if m["mask"] == "real" or old.flags & 0x10:   # psd-tools would not render these right
             assert not report["composite"]["rerendered"]
             assert "kept as stored" in report["composite"]["detail"]
+
+
+class Ramp:
+    """A known matte instead of the model: the written mask bytes are checked exactly."""
+
+    def __call__(self, pixels, options, progress=None):
+        h, w = pixels.shape[:2]
+        ramp = (np.arange(h * w).reshape(h, w) * 37) % 65536
+        matte = ramp.astype(np.uint16) if options.depth16 else (ramp % 256).astype(np.uint8)
+        return type("Reply", (), {"matte": matte})()
+
+
+@pytest.mark.parametrize("name", ["mask-density-layervectormask.psd", "mask_parameters.psd", "mask.psd",
+                                  "adjustments/posterize_16bits_rgb.psd"])
+def test_written_pixel_masks_are_exactly_the_matte(tmp_path, name):
+    """In process, without the daemon: each new or replaced pixel mask decodes (by
+    psd_bytecheck, not psd-tools) to the matte given, at the document's depth."""
+    from layermatte import psd
+    src, out = CORPUS / name, tmp_path / "out.psd"
+    result = psd.process(src, out, Ramp(), replace_masks=True)
+    assert result.masked
+    report = {"masked": [{"layer": o.label, "mask": o.slot} for o in result.outcomes if o.masked],
+              "composite": {"rerendered": result.composite_rerendered}}
+    s = check_output(src, out, report)
+    index = record_index(src)
+    for m in report["masked"]:
+        layer = s.layers[index[m["layer"]]]
+        t, l, b, r = layer.rect
+        want = Ramp()(np.zeros((b - t, r - l, 3)), type("O", (), {"depth16": s.depth == 16})()).matte
+        assert np.array_equal(B.pixel_mask(s, index[m["layer"]])[0], want), m
