@@ -146,3 +146,21 @@ def test_written_pixel_masks_are_exactly_the_matte(tmp_path, name):
         t, l, b, r = layer.rect
         want = Ramp()(np.zeros((b - t, r - l, 3)), type("O", (), {"depth16": s.depth == 16})()).matte
         assert np.array_equal(B.pixel_mask(s, index[m["layer"]])[0], want), m
+
+
+def test_a_vector_mask_without_pixel_mask_is_refused(tmp_path):
+    """Channel -2 rendered from a vector mask (flags bit 3) is no pixel mask to replace:
+    the layer is skipped with the reason and its record stays byte for byte."""
+    from psd_tools import PSDImage
+
+    from layermatte import psd
+    doc = PSDImage.open(CORPUS / "mask.psd")
+    layer = next(ly for ly in doc.descendants() if ly.name == "Background copy")
+    layer._record.mask_data.flags.user_mask_from_render = True
+    src, out = tmp_path / "in.psd", tmp_path / "out.psd"
+    with open(src, "wb") as f:
+        doc._record.write(f)
+    result = psd.process(src, out, Ramp(), mode="names", names=["Background copy"], replace_masks=True)
+    assert not result.masked
+    assert result.skipped[0].reason.startswith("it has a vector mask and no pixel mask")
+    check_output(src, out, {"masked": [], "composite": {"rerendered": False}})
