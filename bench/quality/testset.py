@@ -21,6 +21,8 @@ et al. (CVPR 2009):
   tinted   the glass body again, coloured like most real glass, veils and
            smoke: its tint changes only across the object (the photo
            smoothed at 15% of the short side)
+and the see-through kinds of seethrough.py (flat partial plateaus, a veil,
+lace, a shadow, chiffon), each over several backgrounds (Case.bg).
 For motion and defocus the blur acts on the whole foreground layer, as a lens
 does: coverage and premultiplied colour are blurred together, so the true
 foreground colour at the edge is the local mean of the object's colours.
@@ -34,6 +36,11 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
+try:
+    from . import seethrough
+except ImportError:           # imported as a top-level module
+    import seethrough
 
 KINDS = ("hair", "fur", "glass", "motion", "defocus", "solid", "tinted")
 SS = 4                # supersampling factor for strand coverage
@@ -50,14 +57,23 @@ class Case:
     width: int
     height: int
     seed: int = 0
+    bg: str = ""              # background photo; "" = the kind's own (BG_PHOTOS)
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.width}x{self.height}"
+        return f"{self.kind}-{self.width}x{self.height}" + (f"-{self.bg}" if self.bg else "")
+
+    @property
+    def bg_photo(self) -> str:
+        return self.bg or BG_PHOTOS[self.kind]
+
+    @property
+    def see_through(self) -> bool:
+        return self.kind in seethrough.KINDS
 
     def recipe(self) -> dict:
-        return dict(asdict(self), fg_photo=FG_PHOTOS[self.kind], bg_photo=BG_PHOTOS[self.kind],
-                    supersampling=SS)
+        fg = seethrough.FG_PHOTOS[self.kind] if self.see_through else FG_PHOTOS[self.kind]
+        return dict(asdict(self), fg_photo=fg, bg_photo=self.bg_photo, supersampling=SS)
 
 
 def photo(name: str) -> np.ndarray:
@@ -145,7 +161,14 @@ def _contour_normals(contour: np.ndarray, n: int, rng) -> tuple[np.ndarray, np.n
 
 def make_alpha(case: Case) -> np.ndarray:
     """The ground-truth matte of a case."""
+    if case.see_through:
+        return _see_through(case)[0]
     return _alpha(*_coverage(case))
+
+
+def _see_through(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([case.seed, 100 + seethrough.KINDS.index(case.kind)])
+    return seethrough.layers(case, rng, _blob, _fill_aa, textured, _smooth)
 
 
 def _alpha(shape: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
@@ -221,6 +244,12 @@ def _smooth(img: np.ndarray, sigma: float) -> np.ndarray:
 def make(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 HxWx3, alpha float32 HxW, foreground uint8 HxWx3)."""
     w, h = case.width, case.height
+    if case.see_through:
+        alpha, fgf = _see_through(case)
+        bg = textured(case.bg_photo, w, h, max(256, min(w, h) // 2))
+        a = alpha[..., None]
+        img = np.clip(fgf * a + bg * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+        return img, alpha, np.clip(fgf + 0.5, 0, 255).astype(np.uint8)
     shape, kernel = _coverage(case)
     alpha = _alpha(shape, kernel)
     fg = textured(FG_PHOTOS[case.kind], w, h, max(256, min(w, h) // 3))
@@ -228,7 +257,7 @@ def make(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Strand colour: the photo's texture, darkened and warmed like hair, so
         # foreground and background differ in colour but not trivially.
         fg = np.clip(fg.astype(np.float32) * (0.55, 0.45, 0.35), 0, 255).astype(np.uint8)
-    bg = textured(BG_PHOTOS[case.kind], w, h, max(256, min(w, h) // 2))
+    bg = textured(case.bg_photo, w, h, max(256, min(w, h) // 2))
     if case.kind in TINT_SIGMA:
         # A glass body's own colour is its tint, which varies slowly; the
         # photo's fine texture would be a picture printed on the glass.
