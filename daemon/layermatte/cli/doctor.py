@@ -52,8 +52,7 @@ def _runtime_folder(folder) -> str:
 
 def _daemon(args) -> tuple[str, str]:
     from .. import lifecycle
-    from ..client import Client, default_token, resolve_address
-    from ..server import probe
+    from ..rawclient import default_token, probe, resolve_address   # no numpy: cheap
     address = resolve_address(args.socket, args.address)
     if address.startswith("unix:"):
         try:
@@ -69,6 +68,7 @@ def _daemon(args) -> tuple[str, str]:
     state = "running" + (f" (pid {pid})" if pid else "")
     if args.no_probe:
         return address, state
+    from ..client import Client
     with Client(address, token=token, timeout=10) as c:
         loaded = [f"{m['id']} on {m['provider']}" for m in c.list_models() if m["loaded"]]
     return address, f"{state}; loaded: " + (", ".join(loaded) or "nothing yet")
@@ -91,7 +91,7 @@ def _editors() -> list[tuple[str, str]]:
 def run(args) -> int:
     from .. import __version__, platforms
     from ..catalog import Catalog
-    from ..engine import choose_provider
+    from ..providers import choose_provider
     from ..errors import LayermatteError
     rows = [("layermatte", __version__), ("python", sys.version.split()[0])]
     try:
