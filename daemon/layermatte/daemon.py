@@ -158,14 +158,14 @@ class Daemon:
                 raise Cancelled("request cancelled while queued")
         try:
             queued_ms = (time.perf_counter() - t_wait) * 1000
-            model = coarse = prepared = None
+            model = coarse = prepared = shown = None
             load_ms = prep_ms = 0.0
             if job.use_model:
                 progress("preprocess", 0.07)
                 t0 = time.perf_counter()
                 spec = self.catalog.get(job.model_id or None)
-                prepared = pipeline.model_input(pixels, job.format, spec,
-                                                layer_alpha=not job.options.ignore_layer_alpha)
+                shown = pipeline.as_shown(pixels, job.format, job.options)
+                prepared = pipeline.model_input(shown, job.format, spec, layer_alpha=False)
                 coarse = self.cache.get(prepared.digest)
                 prep_ms = (time.perf_counter() - t0) * 1000
             if job.use_model and coarse is None:
@@ -175,7 +175,7 @@ class Daemon:
                 load_ms = (time.perf_counter() - t0) * 1000
             result = pipeline.run(pixels, job.format, job.options, model=model, guide_mask=guide,
                                   coarse=coarse, prepared=prepared, progress=progress, cancel=cancel,
-                                  threads=self.engine.threads, pool=self._pool)
+                                  threads=self.engine.threads, pool=self._pool, shown=shown)
             if coarse is not None:   # re-refine: the model did not run
                 result.model_id = spec.id
             elif prepared is not None and result.coarse is not None:

@@ -168,16 +168,25 @@ def coarse_from_mask(pixels: np.ndarray, fmt: PixelFormat, mask: np.ndarray) -> 
     return Coarse(np.ascontiguousarray(m, np.float32), low_res(pixels, fmt, lw, lh, layer_alpha=False))
 
 
+def as_shown(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions) -> np.ndarray:
+    """The layer as the model and the guide read it: over a backdrop where it
+    has transparency (backdrop.shown), as stored with ignore_layer_alpha."""
+    if fmt.has_alpha and not opts.ignore_layer_alpha:
+        return backdrop.shown(pixels, fmt)
+    return pixels
+
+
 def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         model: LoadedModel | None = None, guide_mask: np.ndarray | None = None,
         coarse: Coarse | None = None, prepared: ModelInput | None = None,
         progress: Progress = lambda stage, f: None,
         cancel: threading.Event | None = None, threads: int | None = None,
-        pool: ThreadPoolExecutor | None = None) -> MatteResult:
+        pool: ThreadPoolExecutor | None = None, shown: np.ndarray | None = None) -> MatteResult:
     """pixels: HxWxC view in `fmt`. Exactly one of model / guide_mask (any
     size up to the layer's) / coarse (a cached earlier result). `prepared`:
     the model's input when the caller has made it already (the daemon does,
-    for its cache key)."""
+    for its cache key); `shown`: as_shown(pixels, ...) when the caller made
+    it already (the same pass, not done twice)."""
     cancel = cancel or threading.Event()
     h, w = pixels.shape[:2]
     timer = _StageTimer()
@@ -189,9 +198,9 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
             raise Cancelled("request cancelled")
 
     # What the model and the refinement's guide read: the layer as it shows
-    # (made once here; model_input and coarse_from_mask get it as it is).
-    layer_alpha = fmt.has_alpha and not opts.ignore_layer_alpha
-    shown = backdrop.shown(pixels, fmt) if layer_alpha else pixels
+    # (made once; model_input and coarse_from_mask get it as it is).
+    if shown is None:
+        shown = as_shown(pixels, fmt, opts)
 
     # Coarse matte: from the model, the caller's mask, or a cached one.
     if coarse is not None:
