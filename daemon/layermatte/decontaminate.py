@@ -32,6 +32,7 @@ DECON_POWER = 8       # weight alpha**8: nearly opaque pixels speak for the colo
 DECON_MARGIN = 32     # px of context each side of a strip or tile
 DECON_TILE = 256      # columns per tile: only tiles with partial pixels are computed
 BF_RADII = (90, 30, 6)   # blur fusion's box radii, full-res px: all but the last on the coarse grid
+HQ_RADII = (6, 2) + (1,) * 8   # hq's last steps: small boxes so B follows the background's texture
 PARTIAL = (0.004, 0.996)   # alpha strictly inside these: mixed colours (about 1/255 from either end)
 
 TINT_GRID = 160       # long side of the joint solve's grid
@@ -292,6 +293,18 @@ def strip_colours(alpha: np.ndarray, y0: int, y1: int, read: Callable[[int, int,
         p = None if prior is None else prior.rows(w, h, top + b0, top + b1, c0, c1)
         yield box, estimate_tile(read(b0, b1, c0, c1), alpha[b0:b1, c0:c1], core,
                                  means.rows(w, h, top + b0, top + b1, c0, c1), p)
+
+
+def foreground_background(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F and B by blur fusion at full resolution over a tile (float RGB 0..1,
+    its matte): hq's colour model, numpy and OpenCV only, so nothing is
+    compiled on a user's first request."""
+    i = np.ascontiguousarray(image, np.float32)
+    a = np.ascontiguousarray(alpha, np.float32)
+    f, b = _fuse(i, a, *_wide(i, a))
+    for r in HQ_RADII:
+        f, b = _fuse(i, a, *_means(i, a, f, b, r))
+    return f, b
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, prior: np.ndarray | None = None,

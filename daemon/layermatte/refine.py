@@ -346,16 +346,17 @@ def edge_controls(alpha: np.ndarray, opts: EdgeOptions) -> np.ndarray:
 # -- hq mode: matting on the uncertain band ----------------------------------
 # After guided upsampling, alpha is re-estimated on the band from the colour
 # model I = aF + (1-a)B (Porter & Duff 1984): F and B are estimated from the
-# upsampled matte with pymatting's multi-level method (Germer et al. 2020),
+# upsampled matte by blur fusion (Forte & Pitié 2021, decontaminate.py),
 # then alpha is the projection of I - B on F - B, as in sampling-based
 # matting (Chuang et al., CVPR 2001; Gastal & Oliveira 2010). Where F and B
 # are close in colour the projection is unreliable, so it is weighted by
 # |F-B|^2 / (|F-B|^2 + HQ_TAU). Tiled so memory stays bounded and both cores
-# work (pymatting's kernels release the GIL). Closed-form matting (Levin et
-# al. 2008) on the same band was measured too: ~7 s/MP for a smaller gain.
+# work (OpenCV's filters release the GIL; nothing is JIT-compiled, so the
+# first request costs what any does). Closed-form matting (Levin et al. 2008)
+# on the same band was measured too: ~7 s/MP for a smaller gain.
 HQ_TILE = 512
 HQ_MARGIN = 24
-HQ_TAU = 0.01
+HQ_TAU = 0.1   # blur fusion separates F and B more than a global solve: trust it less
 
 
 def hq_weight(coarse: np.ndarray, gate: np.ndarray) -> np.ndarray:
@@ -382,9 +383,9 @@ def hq_tiles(weight_low: np.ndarray, w: int, h: int) -> list[tuple[int, int, int
 
 def hq_tile(image: np.ndarray, alpha: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Alpha re-estimated by colour-line projection on one tile (with context)."""
-    from pymatting import estimate_foreground_ml
+    from .decontaminate import foreground_background
 
-    F, B = estimate_foreground_ml(image, alpha, return_background=True)
+    F, B = foreground_background(image, alpha)
     d = F - B
     n2 = np.einsum("ijk,ijk->ij", d, d)
     proj = np.einsum("ijk,ijk->ij", image - B, d) / (n2 + 1e-4)
