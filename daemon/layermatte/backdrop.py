@@ -14,19 +14,32 @@ The final matte is min(model's matte, layer alpha): the model saw the layer's
 alpha already (in the composite), so its matte estimates the visible alpha;
 the minimum keeps what is transparent transparent and never removes more than
 the model removed (a product would remove twice at soft layer edges).
+
+The model also sees a margin of the same backdrop around such a layer (pad):
+layers are stored cropped to their bounds, so a flat shape, a glow or a thin
+border touches the edge of the model's input, and the model reads what touches
+the border as background (a filled shape got a 0 % matte). The coarse matte is
+cropped back to the layer (unpad). Opaque layers are fed as before.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from .formats import PixelFormat
+from .formats import PixelFormat, split
 
 # (name, RGB 0..1) in order of preference when contrasts tie.
 CANDIDATES: tuple[tuple[str, tuple[float, float, float]], ...] = (
     ("grey", (0.5, 0.5, 0.5)), ("white", (1.0, 1.0, 1.0)), ("black", (0.0, 0.0, 0.0)))
 SAMPLE = 512          # the choice reads about SAMPLE x SAMPLE pixels, whatever the layer's size
 ROWS = 512            # compositing runs in blocks of rows (bounded float temporaries)
+MARGIN = 0.2          # backdrop margin on each side, as a share of the layer's side
+
+
+class Shown(np.ndarray):
+    """A composite that remembers its backdrop (RGB 0..1), so the model's
+    input can be padded with the same colour; a view, no copy."""
+    backdrop: tuple[float, float, float] | None = None
 
 
 def has_transparency(pixels: np.ndarray, fmt: PixelFormat) -> bool:
@@ -89,7 +102,38 @@ def shown(pixels: np.ndarray, fmt: PixelFormat) -> np.ndarray:
     over the chosen backdrop."""
     if not has_transparency(pixels, fmt):
         return pixels
-    return composite(pixels, fmt, choose(pixels, fmt))
+    rgb = choose(pixels, fmt)
+    out = composite(pixels, fmt, rgb).view(Shown)
+    out.backdrop = rgb
+    return out
+
+
+def inner_box(size: int) -> tuple[int, int]:
+    """(offset, side) of the layer inside the padded size x size model input."""
+    p = int(round(size * MARGIN / (1.0 + 2.0 * MARGIN)))
+    return p, size - 2 * p
+
+
+def pad(small: np.ndarray, fmt: PixelFormat, rgb: tuple[float, float, float], size: int) -> np.ndarray:
+    """small (colour planes of the layer at inner_box's side, the layer's dtype)
+    centred on a size x size canvas of the backdrop colour."""
+    px = np.zeros((1, 1, fmt.channels), fmt.dtype)            # one clear pixel over the backdrop
+    colour = split(composite(px, fmt, rgb), fmt)[0][0, 0]
+    out = np.empty((size, size, small.shape[2]), small.dtype)
+    out[...] = colour
+    p, side = inner_box(size)
+    out[p:p + side, p:p + side] = small
+    return out
+
+
+def unpad(matte: np.ndarray) -> np.ndarray:
+    """The model's matte over the padded input, cropped back to the layer and
+    resized to the model's grid (where the guide lies)."""
+    s = matte.shape[0]
+    p, side = inner_box(s)
+    inner = np.ascontiguousarray(matte[p:p + side, p:p + side])
+    return cv2.resize(inner, (matte.shape[1], s), interpolation=cv2.INTER_LINEAR)
+
 
 
 def limit(q: np.ndarray, rows: np.ndarray, fmt: PixelFormat) -> np.ndarray:

@@ -74,24 +74,37 @@ class ModelInput:
     digest: bytes
     small: np.ndarray | None = None   # what guide is made from, in the layer's dtype
     fmt: PixelFormat | None = None
+    padded: bool = False              # the tensor has a backdrop margin (backdrop.pad)
+
+    def coarse(self, matte: np.ndarray) -> np.ndarray:
+        """The model's matte on the guide's grid (the margin cropped off)."""
+        return backdrop.unpad(matte) if self.padded else matte
 
 
 def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
-                layer_alpha: bool = True) -> ModelInput:
+                layer_alpha: bool = True, pad: bool = True) -> ModelInput:
     """layer_alpha: the model sees the layer as it shows (backdrop.shown);
-    False (ignore_layer_alpha) feeds the colours as stored."""
+    False (ignore_layer_alpha) feeds the colours as stored. A layer shown
+    over a backdrop gets a margin of it (pad=False: not; the Ray batch path,
+    which does not crop the matte back)."""
     if layer_alpha:
         pixels = backdrop.shown(pixels, fmt)
+    rgb = getattr(pixels, "backdrop", None) if pad else None
+    pixels = np.asarray(pixels)
     pre = spec.preprocess
     s = pre.input_size
     small = _area_colour(pixels, fmt, s, s)
+    fed = small
+    if rgb is not None:
+        side = backdrop.inner_box(s)[1]
+        fed = backdrop.pad(_area_colour(pixels, fmt, side, side), fmt, rgb, s)
     h = hashlib.blake2b(digest_size=20)
-    h.update(f"{spec.id}\0{fmt.name}\0{pixels.shape}\0{small.dtype}\0".encode())
-    h.update(memoryview(np.ascontiguousarray(small)).cast("B"))
+    h.update(f"{spec.id}\0{fmt.name}\0{pixels.shape}\0{small.dtype}\0{rgb}\0".encode())
+    h.update(memoryview(np.ascontiguousarray(fed)).cast("B"))
     low = formats.to_float(small, fmt)
     # (v/max*255 - mean)/std as one multiply-add per plane, written straight
     # into the NCHW tensor (no HxWx3 temporaries, no transpose copy).
-    planes = [small[..., min(c, small.shape[2] - 1)] for c in range(3)]
+    planes = [fed[..., min(c, fed.shape[2] - 1)] for c in range(3)]
     if pre.channel_order == "BGR":
         planes = planes[::-1]
     tensor = np.empty((1, 3, s, s), np.float32)
@@ -100,13 +113,13 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
         scale = unit / pre.std[c]
         np.multiply(plane, np.float32(scale), out=tensor[0, c], casting="unsafe")
         tensor[0, c] -= np.float32(pre.mean[c] / pre.std[c])
-    return ModelInput(tensor, low, h.digest(), small, fmt)
+    return ModelInput(tensor, low, h.digest(), small, fmt, rgb is not None)
 
 
 def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
                  layer_alpha: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(NCHW float32 input tensor, low-res RGB guide 0..1 on the same grid)."""
-    mi = model_input(pixels, fmt, spec, layer_alpha)
+    mi = model_input(pixels, fmt, spec, layer_alpha, pad=False)
     return mi.tensor, mi.guide
 
 
@@ -201,6 +214,7 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
     # (made once; model_input and coarse_from_mask get it as it is).
     if shown is None:
         shown = as_shown(pixels, fmt, opts)
+    plain = np.asarray(shown)   # refinement reads a plain array (shown keeps its backdrop for the model)
 
     # Coarse matte: from the model, the caller's mask, or a cached one.
     if coarse is not None:
@@ -212,11 +226,12 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         check()
         with timer("inference"):
             progress("inference", 0.15)
-            coarse = Coarse(postprocess(model.run(prepared.tensor, cancel), model), prepared.guide)
+            coarse = Coarse(prepared.coarse(postprocess(model.run(prepared.tensor, cancel), model)),
+                            prepared.guide)
     elif guide_mask is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)
-            coarse = coarse_from_mask(shown, fmt, guide_mask)
+            coarse = coarse_from_mask(plain, fmt, guide_mask)
     else:
         raise InvalidInput("nothing to matte: no model and no guide mask")
     check()
@@ -225,7 +240,7 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=n)
     try:
-        return _refine(pixels, shown, fmt, opts, coarse, model, pool, n, timer, check, progress)
+        return _refine(pixels, plain, fmt, opts, coarse, model, pool, n, timer, check, progress)
     finally:
         if own_pool:
             pool.shutdown()
