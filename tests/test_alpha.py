@@ -202,7 +202,7 @@ def test_cut_out_layers_of_real_files(daemon):
             m = c.matte(rgba, options=MatteOptions(plain_upsample=True)).matte
             opaque = rgba[..., 3] == 255
             kept[(f, name)] = float((m[opaque] >= 128).mean())
-            assert m[rgba[..., 3] == 0].max() == 0, (f, name)
+            assert not m[rgba[..., 3] == 0].any(), (f, name)
     bad = {k: v for k, v in kept.items() if v < KEEP and k not in KNOWN}
     assert len(layers) >= 20 and not bad, f"kept below {KEEP:.0%}: {bad}"
     print(f"{sum(v >= KEEP for v in kept.values())} of {len(kept)} layers keep >= {KEEP:.0%}")
