@@ -67,8 +67,8 @@ def imports() -> tuple[int, list[str]]:
             "print('\\n'.join(sys.modules), file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr.split()
     heavy = sorted({m.split(".")[0] for m in out if m.split(".")[0] in
-                    ("numpy", "cv2", "onnxruntime", "scipy", "psd_tools", "PIL", "pymatting")} |
-                   {m for m in out if m in ("layermatte.pipeline", "layermatte.refine", "layermatte.client",
+                    ("numpy", "cv2", "onnxruntime", "scipy", "psd_tools", "PIL", "pymatting", "grpc")} |
+                   {m for m in out if m in ("google.protobuf", "layermatte.pipeline", "layermatte.refine", "layermatte.client",
                                             "layermatte.server", "layermatte.engine")})
     return len(out), heavy
 
@@ -142,8 +142,8 @@ def write(path: Path, rows, start, imported, rounds: int) -> None:
         "socket (through /dev/shm from 1 MiB).",
         "- **pipe**: the same client in a Python without grpc (most editors' own): it starts "
         "`layermatte pipe --protocol 2`, writes the layer to its stdin, reads the matte from its "
-        "stdout; the child imports only the client side (`rawclient.py`) and uses the same "
-        "/dev/shm fast path to the daemon.",
+        "stdout; the child speaks the daemon's framed transport (`framed.py`: standard library "
+        "only, no grpc or protobuf) over the unix socket beside the gRPC one.",
         "",
         "| layer | gRPC | pipe | pipe / gRPC | pipe − gRPC | target |",
         "|---|---:|---:|---:|---:|---|",
@@ -163,7 +163,7 @@ def write(path: Path, rows, start, imported, rounds: int) -> None:
         "",
         f"Start-up of the pipe program alone (`layermatte pipe --help`, median of {len(start)}): "
         f"{statistics.median(start):.0f} ms. It loads {n_modules} modules; heavy ones among them: "
-        f"{', '.join(heavy) if heavy else 'none (no numpy, OpenCV, onnxruntime, scipy, psd-tools, pipeline)'}.",
+        f"{', '.join(heavy) if heavy else 'none (no grpc, protobuf, numpy, OpenCV, onnxruntime, scipy, psd-tools, pipeline)'}.",
         "",
     ]
     path.write_text("\n".join(lines))

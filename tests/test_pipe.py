@@ -312,7 +312,8 @@ def test_an_orphaned_pipe_without_protocol_cancels_too(daemon, photos, tmp_path)
 
 
 def test_pipe_start_up_imports_only_the_client_side(daemon, photos, tmp_path):
-    """`layermatte pipe` as the console script runs it, one whole request."""
+    """`layermatte pipe` as the console script runs it, one whole request, on
+    the framed transport (the gRPC fallback: tests/test_framed.py)."""
     probe = textwrap.dedent(f"""
         import atexit, sys
         atexit.register(lambda: open({str(tmp_path / 'modules')!r}, "w").write("\\n".join(sys.modules)))
@@ -330,7 +331,8 @@ def test_pipe_start_up_imports_only_the_client_side(daemon, photos, tmp_path):
     assert p.wait(120) == 0, p.stderr.read().decode()
     assert len(matte) == 64 * 64
     loaded = set((tmp_path / "modules").read_text().split())
-    assert "grpc" in loaded and not [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY]
+    # The user's daemon offers the framed socket: no grpc, no protobuf either.
+    assert not [m for m in loaded if m.split(".")[0] in HEAVY + ("grpc", "google") or m in HEAVY]
 
 
 def test_bytes_per_pixel_follows_the_format_table():

@@ -43,3 +43,16 @@ class DownloadError(LayermatteError):
 
 class ChecksumMismatch(DownloadError):
     grpc_code = "DATA_LOSS"
+
+
+_BY_STATUS = {"INVALID_ARGUMENT": InvalidInput, "NOT_FOUND": ModelNotFound,
+              "FAILED_PRECONDITION": ModelNotPulled, "RESOURCE_EXHAUSTED": Busy,
+              "CANCELLED": Cancelled, "UNAVAILABLE": DaemonUnavailable}
+
+
+def from_status(code: str, message: str) -> LayermatteError:
+    """A daemon's failure (status code name and message) as the domain error
+    clients report; the same for the gRPC and the framed transport."""
+    if code == "RESOURCE_EXHAUSTED" and "limit is" in message:
+        return TooLarge(message)
+    return _BY_STATUS.get(code, LayermatteError)(message or code)

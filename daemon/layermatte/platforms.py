@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+# No dataclasses, subprocess or tempfile at import: `layermatte pipe` imports this
+# module once per click, and those three cost more than the rest of it.
 
 APP = "layermatte"
 OS = "windows" if sys.platform == "win32" else "macos" if sys.platform == "darwin" else "linux"
@@ -69,11 +70,11 @@ def runtime_dir() -> Path:
         # macOS's per-user temporary folder (/var/folders/…/T/), 0700; short
         # enough for the 104-byte socket path limit there.
         return Path(os.environ["TMPDIR"]) / APP
+    import tempfile
     return Path(tempfile.gettempdir()) / f"{APP}-{user_tag()}"
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where the user's daemon listens: a grpc target, and the token file TCP needs."""
     address: str                 # "unix:/path/daemon.sock" or "127.0.0.1:PORT"; "" = none published
     token_file: Path | None = None
@@ -224,6 +225,7 @@ def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     if OS == "windows":
+        import subprocess
         out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"], capture_output=True,
                              text=True, **hidden_popen_kwargs()).stdout
         return str(pid) in out
@@ -254,8 +256,7 @@ GIMP_SERIES = ("3.0", "3.2")     # GIMP keeps one profile folder per minor serie
 GIMP_FLATPAK, KRITA_FLATPAK = "org.gimp.GIMP", "org.kde.krita"
 
 
-@dataclass(frozen=True)
-class EditorLocation:
+class EditorLocation(NamedTuple):
     """One place an editor loads user plug-ins from."""
     editor: str                    # "gimp" | "krita"
     label: str                     # for people: "GIMP 3.2", "Krita (Flatpak)"

@@ -21,9 +21,9 @@ from typing import Callable
 
 import grpc
 
-from . import localfile, platforms
-from .errors import (Busy, Cancelled, DaemonUnavailable, InvalidInput, LayermatteError,
-                     ModelNotFound, ModelNotPulled, TooLarge)
+from . import framed, localfile, platforms
+from .endpoint import default_token, resolve_address  # noqa: F401  (shared by every client)
+from .errors import Cancelled, DaemonUnavailable, InvalidInput, LayermatteError, from_status
 from .proto.layermatte.v1 import matting_pb2 as pb
 from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 
@@ -35,50 +35,13 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
 Progress = Callable[[str, float], None]
 
 
-_STATUS_ERRORS = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: ModelNotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: ModelNotPulled,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Busy,
-    grpc.StatusCode.CANCELLED: Cancelled,
-    grpc.StatusCode.UNAVAILABLE: DaemonUnavailable,
-}
-
-
 def status_error(e: grpc.RpcError, address: str) -> LayermatteError:
     """A failed call as the domain error the CLI and plug-ins report."""
     code = e.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         return DaemonUnavailable(f"the layermatte daemon at {address} is not reachable "
                                  f"({e.details()}); start it with `layermatte serve`")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit is" in (e.details() or ""):
-        return TooLarge(e.details())
-    return _STATUS_ERRORS.get(code, LayermatteError)(e.details() or code.name)
-
-
-def resolve_address(socket: str | os.PathLike | None = None, address: str | None = None) -> str:
-    """--socket/--address, else LAYERMATTE_SOCKET/LAYERMATTE_ADDRESS, else the user's
-    own daemon (platforms.default_endpoint: the unix socket, or on Windows the TCP
-    address the daemon published; "" when none is published yet)."""
-    if address:
-        return address
-    if socket:
-        return f"unix:{Path(socket).absolute()}"
-    if os.environ.get("LAYERMATTE_ADDRESS"):
-        return os.environ["LAYERMATTE_ADDRESS"]
-    if os.environ.get("LAYERMATTE_SOCKET"):
-        return f"unix:{Path(os.environ['LAYERMATTE_SOCKET']).absolute()}"
-    return platforms.default_endpoint().address
-
-
-def default_token(address: str) -> str | None:
-    """LAYERMATTE_TOKEN, else the token of the user's own TCP daemon (Windows)."""
-    if os.environ.get("LAYERMATTE_TOKEN"):
-        return os.environ["LAYERMATTE_TOKEN"]
-    own = platforms.default_endpoint()
-    if address and address == own.address:
-        return own.token()
-    return None
+    return from_status(code.name, e.details() or "")
 
 
 def probe(address: str, timeout: float = 1.0, token: str | None = None,
@@ -174,9 +137,9 @@ class RawRequest:
 
     def answer_sizes(self) -> tuple[int, int]:
         """Bytes of the matte and of the colours (RGB8, or RGB16 for deeper layers)."""
-        n = self.width * self.height
-        eight_bit = pb.PixelFormat.Name(self.format_code).endswith("8")
-        return n * (2 if self.depth16 else 1), (n * 3 * (1 if eight_bit else 2) if self.foreground else 0)
+        name = pb.PixelFormat.Name(self.format_code).removeprefix("PIXEL_FORMAT_")
+        sizes = framed.answer_sizes(self.width, self.height, name, self.depth16, self.foreground)
+        return sizes[0], (sizes[1] if self.foreground else 0)
 
 
 @dataclass
@@ -261,11 +224,8 @@ class RawClient:
                                               f"(plane {resp.chunk.plane}, up to byte {end})")
                     target[resp.chunk.offset:end] = resp.chunk.data
                 elif kind == "summary":
-                    s = resp.summary
-                    summary = {"request_id": s.request_id, "model_id": s.model_id,
-                               "provider": s.provider, "stage_ms": dict(s.stage_ms),
-                               "result_in_file": s.result_in_file}
-                    if s.result_in_file:
+                    summary = summary_dict(resp.summary)
+                    if resp.summary.result_in_file:
                         _read_answer(answer, [t for t in targets.values() if t is not None])
         except grpc.RpcError as e:
             if cancel is not None and cancel.is_set():
@@ -283,6 +243,12 @@ class RawClient:
         if summary is None:
             raise LayermatteError("the daemon closed the stream without a summary")
         return RawReply(targets[pb.PLANE_MATTE], targets[pb.PLANE_FOREGROUND], summary)
+
+
+def summary_dict(s: pb.Summary) -> dict:
+    """What a client reports of a finished call (the pipe's {"summary"} event)."""
+    return {"request_id": s.request_id, "model_id": s.model_id, "provider": s.provider,
+            "stage_ms": dict(s.stage_ms), "result_in_file": s.result_in_file}
 
 
 def _read_answer(answer: Path | None, targets: list[bytearray]) -> None:

@@ -284,6 +284,23 @@ def _tcp_only_config(cfg: ServeConfig, published: list[Path]) -> ServeConfig:
     return dataclasses.replace(cfg, port=cfg.port or 0, token=token)
 
 
+def _framed_listener(daemon: Daemon, sock: Path):
+    """The framed transport beside the unix socket (framed.py). Optional: where
+    it cannot be made (e.g. a path at the kernel's length limit) clients use gRPC."""
+    from .framed import frames_path
+    from .framed_server import FramedListener
+    limits = daemon.limits
+    listener = FramedListener(MattingServicer(daemon), frames_path(sock),
+                              limits.concurrency + limits.queue_depth + 16)
+    try:
+        listener.start()
+    except OSError as e:
+        log.warning("no framed transport at %s (%s): `layermatte pipe` uses gRPC",
+                    frames_path(sock), e)
+        return None
+    return listener
+
+
 def _bind(server: grpc.Server, target: str, what: str, hint: str) -> int:
     """add_insecure_port, with a failure (grpc raises or returns 0) in one line."""
     try:
@@ -308,6 +325,7 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
     held = lifecycle.claim(files, probe)
     published: list[Path] = []
     servers: list[grpc.Server] = []
+    listener = None
     started = False
     try:
         if sock is None:   # TCP only (Windows): loopback, always with a token
@@ -340,6 +358,8 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
         for s in servers:
             s.start()
         started = True
+        if sock is not None:
+            listener = _framed_listener(daemon, sock)
         for name in ("", SERVICE):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         if sock is not None:
@@ -361,6 +381,8 @@ def serve(daemon: Daemon, cfg: ServeConfig, ready: threading.Event | None = None
             log.info("shutting down: draining in-flight requests (up to %.0f s)", cfg.grace_s)
             health_servicer.enter_graceful_shutdown()
         events = [s.stop(cfg.grace_s if started else 0) for s in servers]
+        if listener is not None:
+            listener.stop(cfg.grace_s)
         for e in events:
             e.wait()
         for path in published:

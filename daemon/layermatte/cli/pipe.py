@@ -1,8 +1,10 @@
 """layermatte pipe: raw pixels on stdin, raw matte on stdout.
 
 The plug-ins' transport when the editor's Python has no usable grpc (most
-editors' own Pythons), run once per click: it imports only the client side
-(rawclient: grpc and the generated messages), never numpy or the pipeline.
+editors' own Pythons), run once per click, so its start-up is on the user's
+clock: to the user's daemon it speaks the framed transport (framed.py,
+standard library only); gRPC (rawclient) only where that is not offered, e.g.
+to start a daemon or on Windows. Never numpy or the pipeline.
 
 Protocol PROTOCOL (the plug-in passes `--protocol N` first, and a program that
 speaks no N says so before it reads anything):
@@ -26,18 +28,16 @@ import os
 import sys
 import threading
 
-from .. import __version__
+from .. import __version__, framed
+from ..endpoint import resolve_address
 from ..platforms import parent_changed, parent_id
 from ..errors import Cancelled, InvalidInput, LayermatteError
-from ..rawclient import RawClient, RawRequest, bytes_per_pixel, ensure_daemon, format_names
-from ..rawclient import default_token, pb, resolve_address
-from .common import add_connection
+from .common import QUALITIES, add_connection
 
 PROTOCOL = 2          # 1: the unversioned pipe of 0.1 (no --protocol, no hello)
 PROTOCOLS = (1, 2)
 HEARTBEAT_S = 2.0
 PARENT_POLL_S = 0.2
-QUALITY = {"fast": pb.REFINEMENT_QUALITY_FAST, "hq": pb.REFINEMENT_QUALITY_HQ}
 _write_lock = threading.Lock()
 
 
@@ -73,14 +73,14 @@ def register(sub):
                    help=f"the plug-ins' pipe protocol (this program speaks {PROTOCOLS})")
     p.add_argument("--width", type=int, required=True, help="layer width in pixels")
     p.add_argument("--height", type=int, required=True, help="layer height in pixels")
-    p.add_argument("--format", required=True, choices=sorted(format_names()),
+    p.add_argument("--format", required=True, choices=sorted(framed.FORMATS),
                    help="pixel layout of the planes on stdin")
     p.add_argument("--model", default="", help="model id (default: the daemon's default model)")
     p.add_argument("--feather", type=float, default=0.0, metavar="PX", help="soften the edge by PX pixels")
     p.add_argument("--shift", type=float, default=0.0, metavar="PX", help="move the edge out (+) or in (-)")
     p.add_argument("--smooth", type=float, default=0.0, help="round jagged contours, 0..1")
     p.add_argument("--contrast", type=float, default=0.0, help="harden (+) or soften (-) the edge, -1..1")
-    p.add_argument("--quality", choices=sorted(QUALITY), default="fast",
+    p.add_argument("--quality", choices=QUALITIES, default="fast",
                    help="fast: edge-aware upsampling; hq: plus matting on hair/fur edges (slower)")
     p.add_argument("--guide", action="store_true", help="a GRAY8 mask to refine follows the pixels")
     p.add_argument("--depth16", action="store_true", help="write a 16-bit little-endian matte")
@@ -136,29 +136,22 @@ def run(args) -> int:
         _event(hello={"version": __version__, "protocol": args.protocol})
     cancel, done = threading.Event(), threading.Event()
     try:
-        code = format_names()[args.format]
         if args.width < 1 or args.height < 1:
             raise InvalidInput(f"layer size must be at least 1x1, got {args.width}x{args.height}")
         n = args.width * args.height
         # While the planes arrive, the parent's end shows as a short read.
-        pixels = _read_exact(sys.stdin.buffer.raw, n * bytes_per_pixel(code))
-        guide = _read_exact(sys.stdin.buffer.raw, n) if args.guide else None
+        planes = [_read_exact(sys.stdin.buffer.raw, n * framed.FORMATS[args.format])]
+        if args.guide:
+            planes.append(_read_exact(sys.stdin.buffer.raw, n))
         threading.Thread(target=_watch, args=(cancel, done, versioned, versioned), daemon=True).start()
-        req = RawRequest(width=args.width, height=args.height, format_code=code, pixels=pixels,
-                         guide=guide, model_id=args.model, feather_px=args.feather,
-                         shift_px=args.shift, smooth=args.smooth, contrast=args.contrast,
-                         quality=QUALITY[args.quality], depth16=args.depth16,
-                         foreground=args.foreground,
-                         decontaminate=args.foreground and args.decontaminate)
-        reply = _call(args, req, cancel)
+        answers, summary = _call(args, planes, cancel)
         try:
-            for plane in (reply.matte, reply.foreground):
-                if plane is not None:
-                    sys.stdout.buffer.write(plane)
+            for plane in answers:
+                sys.stdout.buffer.write(plane)
             sys.stdout.buffer.flush()
         except (BrokenPipeError, ValueError):   # the reader went away: nobody wants the answer
             return 3
-        _event(summary=reply.summary)
+        _event(summary=summary)
         return 0
     except Cancelled as e:
         _event(error=str(e), cancelled=True)
@@ -170,8 +163,39 @@ def run(args) -> int:
         done.set()
 
 
-def _call(args, req: RawRequest, cancel: threading.Event):
+def _call(args, planes: list[bytearray], cancel: threading.Event) -> tuple[list, dict]:
+    """The framed transport when the user's daemon offers it (standard library
+    only: the common case costs no grpc import), else gRPC, which also starts
+    a daemon when none runs."""
+    foreground = args.foreground
+    header = framed.header(
+        request_id=os.urandom(6).hex(), width=args.width, height=args.height,
+        format_name=args.format, model_id=args.model, feather_px=args.feather,
+        shift_px=args.shift, smooth=args.smooth, contrast=args.contrast, quality=args.quality,
+        decontaminate=foreground and args.decontaminate, depth16=args.depth16,
+        guide=args.guide, foreground=foreground)
     address = resolve_address(args.socket, args.address)
+    sock = framed.connect(address)
+    if sock is not None:
+        sizes = framed.answer_sizes(args.width, args.height, args.format, args.depth16, foreground)
+        return framed.matte(sock, header, [memoryview(p) for p in planes], sizes,
+                            progress=lambda s, f: _event(stage=s, progress=f), cancel=cancel)
+    return _call_grpc(args, address, header, planes, cancel)
+
+
+def _call_grpc(args, address: str, header: dict, planes: list[bytearray],
+               cancel: threading.Event) -> tuple[list, dict]:
+    from ..rawclient import RawClient, RawRequest, default_token, ensure_daemon, format_names
+    from ..rawclient import pb
+    quality = {"fast": pb.REFINEMENT_QUALITY_FAST, "hq": pb.REFINEMENT_QUALITY_HQ}
+    req = RawRequest(width=args.width, height=args.height,
+                     format_code=format_names()[args.format], pixels=planes[0],
+                     guide=planes[1] if args.guide else None, model_id=args.model,
+                     feather_px=args.feather, shift_px=args.shift, smooth=args.smooth,
+                     contrast=args.contrast, quality=quality[args.quality], depth16=args.depth16,
+                     foreground=args.foreground,
+                     decontaminate=header["refinement"]["decontaminate"],
+                     request_id=header["request_id"])
     token = args.token_file.read_text().strip() if args.token_file else None
     client = RawClient(address, token=token or default_token(address))
     try:
@@ -182,6 +206,7 @@ def _call(args, req: RawRequest, cancel: threading.Event):
                 client = RawClient(found, token=token or default_token(found))
         if cancel.is_set():
             raise Cancelled("request cancelled before it was sent")
-        return client.matte(req, progress=lambda s, f: _event(stage=s, progress=f), cancel=cancel)
+        reply = client.matte(req, progress=lambda s, f: _event(stage=s, progress=f), cancel=cancel)
     finally:
         client.close()
+    return [p for p in (reply.matte, reply.foreground) if p is not None], reply.summary
