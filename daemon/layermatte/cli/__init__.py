@@ -30,6 +30,7 @@ COMMANDS = {
     "batch": ("batch", "remove the background of every image in a folder (recursive)"),
     "install": ("install", "install the GIMP 3 or Krita plug-in"),
     "uninstall": ("install", "uninstall the GIMP 3 or Krita plug-in"),
+    "completion": ("completion", "print a shell completion script (bash, zsh)"),
 }
 EXIT_ERROR = 2
 log = logging.getLogger("layermatte.cli")
