@@ -29,6 +29,31 @@ def test_override_must_be_available():
             choose_provider("directml")
 
 
+def test_the_provider_list_is_recorded_per_build(tmp_path):
+    """doctor reads onnxruntime's providers from a record naming the build, in a
+    new process that then never imports onnxruntime; a record of another build
+    (an upgrade) is not believed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import json, sys\nfrom layermatte.providers import runtime_info\n"
+            "print(json.dumps([runtime_info(), 'onnxruntime' in sys.modules]))")
+    env = dict(os.environ, LAYERMATTE_CACHE=str(tmp_path))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+    live = [ort.__version__, list(ort.get_available_providers())]
+    assert run() == [live, True]      # first: imported, and recorded
+    assert run() == [live, False]     # then: from the record
+    record = tmp_path / "onnxruntime-build.json"
+    stale = dict(json.loads(record.read_text()), key="another build", providers=["FakeProvider"])
+    record.write_text(json.dumps(stale))
+    assert run() == [live, True]
+
+
 def test_one_session_per_model_is_reused(model_cache):
     engine = Engine(Catalog(cache=model_cache), provider="cpu")
     first, fresh = engine.load(None)

@@ -14,7 +14,9 @@ import numpy as np
 from . import graph
 from .catalog import Catalog, ModelSpec
 from .errors import Cancelled, LayermatteError
-from .providers import ALIASES, PREFERENCE, choose_provider, ort  # noqa: F401  (re-exported)
+from .providers import ALIASES, PREFERENCE, choose_provider, import_runtime  # noqa: F401  (re-exported)
+
+ort = import_runtime()
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class LoadedModel:
 class Engine:
     def __init__(self, catalog: Catalog, provider: str | None = None, threads: int | None = None):
         self.catalog = catalog
-        self.provider, reason = choose_provider(provider)
+        self.provider, reason = choose_provider(provider, ort.get_available_providers())
         log.info("execution provider: %s (%s)", self.provider, reason)
         self.threads = threads or os.cpu_count() or 1
         self._models: dict[tuple[str, str], LoadedModel] = {}

@@ -11,7 +11,7 @@ import logging
 import pkgutil
 from pathlib import Path
 
-from .. import fetch, paths
+from .. import paths
 from ..errors import ChecksumMismatch, DownloadError, InvalidInput, ModelNotFound, ModelNotPulled
 from . import entries
 from .spec import ID_PATTERN, LocalSource, ModelSpec, NpmChunkedSource, Preprocess, UrlSource
@@ -78,6 +78,7 @@ class Catalog:
     # -- cache ------------------------------------------------------------
     def pull(self, model_id: str | None = None, *, force: bool = False,
              allow_unverified: bool = False, show_progress: bool = True) -> Path:
+        from .. import fetch   # urllib, tarfile, tqdm: only when a model is fetched
         spec = self.get(model_id)
         dest = self.path(spec)
         if isinstance(spec.source, LocalSource):
@@ -117,8 +118,9 @@ class Catalog:
         path = self.path(spec)
         if not path.is_file():
             raise ModelNotPulled(f"model {spec.id!r} is not downloaded")
+        from ..fetch import sha256_file
         expected = self.expected_sha256(spec)
-        digest = fetch.sha256_file(path)
+        digest = sha256_file(path)
         if expected and digest != expected:
             if not isinstance(spec.source, LocalSource):
                 path.unlink()

@@ -91,20 +91,16 @@ def _editors() -> list[tuple[str, str]]:
 def run(args) -> int:
     from .. import __version__, platforms
     from ..catalog import Catalog
-    from ..providers import choose_provider
+    from ..providers import choose_provider, runtime_info
     from ..errors import LayermatteError
     rows = [("layermatte", __version__), ("python", sys.version.split()[0])]
     try:
-        import onnxruntime as ort
-        rows += [("onnxruntime", ort.__version__),
-                 ("providers available", ", ".join(ort.get_available_providers()))]
-    except ImportError:
-        rows.append(("onnxruntime", "problem: not installed: pip install 'layermatte[cpu]' (or [gpu])"))
-    try:
-        name, why = choose_provider(None)
+        version, available = runtime_info()
+        rows += [("onnxruntime", version), ("providers available", ", ".join(available))]
+        name, why = choose_provider(None, available)
         rows.append(("provider chosen", f"{name} ({why})"))
-    except LayermatteError as e:
-        rows.append(("provider chosen", f"problem: {e}"))
+    except LayermatteError:
+        rows.append(("onnxruntime", "problem: not installed: pip install 'layermatte[cpu]' (or [gpu])"))
     if not args.no_probe:
         rows.append(("GPU", _gpu()))
     cat = Catalog()
