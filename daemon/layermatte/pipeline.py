@@ -85,8 +85,8 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
                 layer_alpha: bool = True, pad: bool = True) -> ModelInput:
     """layer_alpha: the model sees the layer as it shows (backdrop.shown);
     False (ignore_layer_alpha) feeds the colours as stored. A layer shown
-    over a backdrop gets a margin of it (pad=False: not; the Ray batch path,
-    which does not crop the matte back)."""
+    over a backdrop gets a margin of it (pad=False: not), which
+    ModelInput.coarse crops off the model's matte again."""
     if layer_alpha:
         pixels = backdrop.shown(pixels, fmt)
     rgb = getattr(pixels, "backdrop", None) if pad else None
@@ -119,7 +119,7 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
 def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
                  layer_alpha: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(NCHW float32 input tensor, low-res RGB guide 0..1 on the same grid)."""
-    mi = model_input(pixels, fmt, spec, layer_alpha, pad=False)
+    mi = model_input(pixels, fmt, spec, layer_alpha, pad=False)   # opaque photos: as fed
     return mi.tensor, mi.guide
 
 

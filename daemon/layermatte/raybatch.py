@@ -2,7 +2,7 @@
 
 One streamed dataset, three stages:
   1. read (tasks): batch.process_image reads and prepares each image (its MatteFn stops
-     it before anything is written); pipeline.model_tensor makes the model's input;
+     it before anything is written); pipeline.model_input makes the model's input;
   2. infer (actor pool, map_batches with a callable class): each actor loads the model
      once through the catalogue (sha256-verified; fetched into the node's cache only if
      missing; LAYERMATTE_CACHE may point at shared storage) and keeps it resident; a GPU
@@ -162,10 +162,10 @@ def _read(row: dict, *, src_root, out_root, fmt, options, spec) -> dict:
                 raise LayermatteError("process_image did not call its MatteFn")
             except _Captured as c:
                 pixels = c.args[0]
-        # model_tensor reads only the model's spec: no weights needed here
-        tensor, _ = pipeline.model_tensor(pixels, _pixel_format(pixels), spec,
-                                          layer_alpha=not options.ignore_layer_alpha)
-        row.update(tensor=tensor.tobytes(), data=data)
+        # model_input reads only the model's spec: no weights needed here
+        fed = pipeline.model_input(pixels, _pixel_format(pixels), spec,
+                                   layer_alpha=not options.ignore_layer_alpha)
+        row.update(tensor=fed.tensor.tobytes(), padded=fed.padded, data=data)
     except Exception as e:
         row["error"] = _describe(e, job, src_root)
     row["seconds"] = time.perf_counter() - t0
@@ -204,6 +204,9 @@ def _finish(row: dict, *, src_root, out_root, fmt, options, input_size) -> dict:
     t0, job, error = time.perf_counter(), None, row["error"]
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     coarse = np.frombuffer(row["coarse"], np.float32).reshape(row["coarse_h"], row["coarse_w"])
+    if row.get("padded") and coarse.size:   # a layer with transparency had a backdrop margin
+        from . import backdrop
+        coarse = np.ascontiguousarray(backdrop.unpad(coarse))
 
     def matte(pixels, opts, progress=None) -> MatteReply:
         f = _pixel_format(pixels)   # the guide on the model's input grid, as pipeline.run makes it
