@@ -222,3 +222,17 @@ def test_opaque_layers_are_fed_as_before(photos):
     q = pipeline.model_input(cut, formats.lookup(1), spec, pad=False)
     assert p.padded and p.digest != q.digest and np.array_equal(p.guide, q.guide)
     assert p.coarse(np.ones((p.guide.shape[0],) * 2, np.float32)).shape == p.guide.shape[:2]
+
+
+def test_a_photo_with_a_few_clear_pixels_gets_no_margin(photos):
+    """Framed in backdrop, a whole photo reads as one object: only cut-outs and soft
+    shapes get the margin (backdrop.is_cut_out); a photo with a small hole is fed as it shows."""
+    from conftest import with_alpha
+    fmt = formats.lookup(formats.code_for_array(with_alpha(photos["astronaut"])))
+    photo = with_alpha(photos["astronaut"])
+    photo[:16, 64:80] = 0
+    assert backdrop.shown(photo, fmt).backdrop is None
+    yy, xx = np.mgrid[:512, :512]
+    disc = with_alpha(photos["astronaut"])
+    disc[..., 3] = (((yy - 256) ** 2 + (xx - 256) ** 2) < 200 ** 2) * 255
+    assert backdrop.shown(disc, fmt).backdrop is not None

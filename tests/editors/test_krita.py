@@ -789,7 +789,9 @@ def test_refine_existing_mask(krun, kenv, images, expected):
     assert r["hq_returned"] == "rough"
     hq = read_mask(kenv["work"], r["hq_mask"], W, H)
     assert_matte(hq, expected("refine-hq", "rgb8", guide=got, quality="hq"), "hq-refined mask")
-    assert (np.abs(hq.astype(int) - expected("refine-fast-again", "rgb8", guide=got)) > 8).sum() > 50, \
+    # fast refinement of the same mask is deterministic: any change is hq's (on an already
+    # refined mask hq moves ~2000 pixels by a few levels; on a model matte it moves more)
+    assert (hq != expected("refine-fast-again", "rgb8", guide=got)).sum() > 50, \
         "hq gave the fast result: the option was lost"
 
 
