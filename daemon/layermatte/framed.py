@@ -85,7 +85,12 @@ def recv(sock: socket.socket) -> tuple[bytes, bytearray] | None:
     kind, size = _PREFIX.unpack(prefix)
     if size > MAX_FRAME:
         raise ValueError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
-    return kind, (_recv_exact(sock, size) or bytearray()) if size else bytearray()
+    if not size:
+        return kind, bytearray()
+    payload = _recv_exact(sock, size)
+    if payload is None:   # a frame cut off after its prefix is a broken connection, not an empty frame
+        raise EOFError(f"connection closed before the {size} bytes of a frame")
+    return kind, payload
 
 
 def split_data(payload: bytearray) -> tuple[int, int, memoryview]:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -211,7 +212,6 @@ class FramedListener:
 
     def stop(self, grace_s: float) -> None:
         """No new calls; calls in flight get up to grace_s to finish."""
-        import time
         if self._sock is not None:
             try:   # wakes the blocked accept() (close alone does not, on Linux)
                 self._sock.shutdown(socket.SHUT_RDWR)
