@@ -29,10 +29,10 @@ t0 = time.perf_counter()
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import cv2, skimage.data
 from conftest import CACHE
-from layermatte import formats, pipeline
-from layermatte.catalog import Catalog
-from layermatte.engine import Engine
-from layermatte.pipeline import MatteOptions
+from layermatte.imaging import formats, pipeline
+from layermatte.models.catalog import Catalog
+from layermatte.models.engine import Engine
+from layermatte.imaging.pipeline import MatteOptions
 t_import = time.perf_counter() - t0
 os.environ["LAYERMATTE_CACHE"] = str(CACHE)
 cat = Catalog(cache=CACHE)

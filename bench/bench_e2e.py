@@ -43,11 +43,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from conftest import CACHE, start_daemon, stop_daemon
-    from layermatte.catalog import Catalog
-    from layermatte.engine import Engine
-    from layermatte.pipeline import model_tensor
-    from layermatte import formats
-    from layermatte.pipeline import MatteOptions
+    from layermatte.models.catalog import Catalog
+    from layermatte.models.engine import Engine
+    from layermatte.imaging.pipeline import model_tensor
+    from layermatte.imaging import formats
+    from layermatte.imaging.pipeline import MatteOptions
     from rembg import new_session, remove
     from PIL import Image
 
@@ -64,7 +64,7 @@ def main() -> None:
     # rembg gets the daemon's session options (threads, optimisation level,
     # spinning stopped after a run), so the model costs the same on both sides
     # and neither leaves spinning threads behind for the next contender.
-    from layermatte.engine import session_options
+    from layermatte.models.engine import session_options
     # The ONNX file as it is, all twelve outputs (the daemon's session keeps only the matte).
     file_session = ort.InferenceSession(str(onnx_path), session_options(engine.threads),
                                         providers=["CPUExecutionProvider"])

@@ -40,10 +40,10 @@ PROGRAM = Path(sys.executable).with_name("layermatte")
 
 def plugin_client(name: str, pipe: bool):
     """A copy of the editors' client; pipe=True: as in an editor whose Python has no grpc."""
-    from layermatte.plugin_install import descriptor_file
+    from layermatte.system.plugin_install import descriptor_file
     d = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(ROOT / "plugins" / "common" / "layermatte_lite.py", d)
-    shutil.copy(ROOT / "daemon" / "layermatte" / "platforms.py", d / "layermatte_platforms.py")
+    shutil.copy(ROOT / "daemon" / "layermatte" / "system" / "platforms.py", d / "layermatte_platforms.py")
     shutil.copy(descriptor_file(), d)
     spec = importlib.util.spec_from_file_location(name, d / "layermatte_lite.py")
     module = importlib.util.module_from_spec(spec)
@@ -68,8 +68,8 @@ def imports() -> tuple[int, list[str]]:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr.split()
     heavy = sorted({m.split(".")[0] for m in out if m.split(".")[0] in
                     ("numpy", "cv2", "onnxruntime", "scipy", "psd_tools", "PIL", "pymatting", "grpc")} |
-                   {m for m in out if m in ("google.protobuf", "layermatte.pipeline", "layermatte.refine", "layermatte.client",
-                                            "layermatte.server", "layermatte.engine")})
+                   {m for m in out if m in ("google.protobuf", "layermatte.imaging.pipeline", "layermatte.imaging.refine", "layermatte.transport.client",
+                                            "layermatte.transport.server", "layermatte.models.engine")})
     return len(out), heavy
 
 
@@ -81,7 +81,7 @@ def main() -> None:
 
     from conftest import CACHE, start_daemon, stop_daemon
     import skimage.data
-    from layermatte.catalog import Catalog
+    from layermatte.models.catalog import Catalog
     os.environ["LAYERMATTE_CACHE"] = str(CACHE)
     Catalog(cache=CACHE).pull(show_progress=False)
     daemon = start_daemon(CACHE)

@@ -55,9 +55,9 @@ def rates(t0: float, stamps: list[float]) -> tuple[float, float]:
 
 def bench_daemon(cache: Path, src: Path, out: Path) -> tuple[float, float, str]:
     from conftest import start_daemon, stop_daemon
-    from layermatte import batch
-    from layermatte.batch import DaemonMatter
-    from layermatte.pipeline import MatteOptions
+    from layermatte.jobs import batch
+    from layermatte.jobs.batch import DaemonMatter
+    from layermatte.imaging.pipeline import MatteOptions
     handle = start_daemon(cache)
     try:
         with handle.client() as c:
@@ -76,8 +76,8 @@ def bench_daemon(cache: Path, src: Path, out: Path) -> tuple[float, float, str]:
 
 def bench_ray(workers: int, src: Path, out: Path) -> tuple[float, float, str]:
     from test_raybatch import local_cluster
-    from layermatte import raybatch
-    from layermatte.pipeline import MatteOptions
+    from layermatte.jobs import raybatch
+    from layermatte.imaging.pipeline import MatteOptions
     stamps: list[float] = []
     with local_cluster(head_cpus=0, worker_cpus=(2,) * workers) as address:
         t0 = time.perf_counter()
@@ -96,7 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
     from conftest import CACHE
-    from layermatte.catalog import Catalog
+    from layermatte.models.catalog import Catalog
     os.environ["LAYERMATTE_CACHE"] = str(CACHE)
     Catalog(cache=CACHE).pull(show_progress=False)
     work = Path(tempfile.mkdtemp(prefix="lm-bench-ray-"))

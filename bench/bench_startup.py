@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 0.3
 HEAVY = ("numpy", "cv2", "onnxruntime", "scipy", "psd_tools", "pymatting", "numba",
-         "layermatte.pipeline", "layermatte.engine")
+         "layermatte.imaging.pipeline", "layermatte.models.engine")
 COMMANDS = {
     "--help": ["--help"],
     "--version": ["--version"],

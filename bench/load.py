@@ -289,7 +289,7 @@ def load_markdown(r: LoadReport, inputs_mp: dict[str, float]) -> str:
 # -- memory: one 12000x9000 layer and several small ones in flight ------------------------
 def run_memory(cache: Path, big=(12000, 9000), small: int = 6, foreground: bool = False, log=print) -> dict:
     from conftest import start_daemon, stop_daemon
-    from layermatte.pipeline import MatteOptions
+    from layermatte.imaging.pipeline import MatteOptions
     w, h = big
     layer = np.empty((h, w, 4), np.uint8)
     tile = cv2.resize(photos()[0], (w // 4, h // 4))
@@ -425,7 +425,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "LOAD.md")
     args = ap.parse_args()
     from conftest import CACHE
-    from layermatte.catalog import Catalog
+    from layermatte.models.catalog import Catalog
     os.environ["LAYERMATTE_CACHE"] = str(CACHE)
     Catalog(cache=CACHE).pull(show_progress=False)
 

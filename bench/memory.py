@@ -65,8 +65,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from conftest import CACHE, start_daemon, stop_daemon
-    from layermatte.catalog import Catalog
-    from layermatte.pipeline import MatteOptions
+    from layermatte.models.catalog import Catalog
+    from layermatte.imaging.pipeline import MatteOptions
 
     model_mib = Catalog(cache=CACHE).pull(show_progress=False).stat().st_size / 2**20
     d = start_daemon(CACHE, "--idle-release", str(IDLE_S))

@@ -31,7 +31,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
     """LAYERMATTE_CACHE with the default model pulled (real download, verified)."""
-    from layermatte.catalog import Catalog
+    from layermatte.models.catalog import Catalog
 
     CACHE.mkdir(parents=True, exist_ok=True)
     os.environ["LAYERMATTE_CACHE"] = str(CACHE)
@@ -58,11 +58,11 @@ class DaemonHandle:
         return f"127.0.0.1:{self.port}"
 
     def client(self, tcp: bool = False, **kw):
-        from layermatte.client import Client
+        from layermatte.transport.client import Client
         return Client(self.tcp if tcp else self.address, **kw)
 
     def alive(self) -> bool:
-        from layermatte.server import probe
+        from layermatte.transport.server import probe
         return self.proc.poll() is None and probe(self.address)
 
 

@@ -1,5 +1,5 @@
 """Byte-level comparison of a PSD before and after `layermatte psd`, through
-layermatte.psd_sections (not psd-tools): everything but the new pixel masks must
+layermatte.psd.sections (not psd-tools): everything but the new pixel masks must
 be unchanged."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 
-from layermatte import psd_sections as S
+from layermatte.psd import sections as S
 
 
 def decode_channel(data: bytes, w: int, h: int, depth: int, version: int) -> np.ndarray:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from psd_tools import PSDImage
 
-from layermatte import backdrop, formats
-from layermatte.pipeline import MatteOptions
+from layermatte.imaging import backdrop, formats
+from layermatte.imaging.pipeline import MatteOptions
 
 KEEP = 0.95   # share of the layer's opaque area the matte must keep
 
@@ -211,8 +211,8 @@ def test_cut_out_layers_of_real_files(daemon):
 def test_opaque_layers_are_fed_as_before(photos):
     """The margin is for layers shown over a backdrop only: an opaque photo's
     model input is the plain squashed layer (same tensor, same cache key)."""
-    from layermatte.catalog import Catalog
-    from layermatte import pipeline
+    from layermatte.models.catalog import Catalog
+    from layermatte.imaging import pipeline
     spec, rgb = Catalog().get(None), photos["astronaut"]
     a = pipeline.model_input(rgb, formats.lookup(2), spec)
     b = pipeline.model_input(rgb, formats.lookup(2), spec, pad=False)

@@ -13,9 +13,10 @@ from PIL import Image
 from psd_tools import PSDImage
 
 from conftest import start_daemon, stop_daemon
-from layermatte import batch, imageio
-from layermatte.batch import DaemonMatter
-from layermatte.pipeline import MatteOptions
+from layermatte.jobs import batch
+from layermatte.imaging import imageio
+from layermatte.jobs.batch import DaemonMatter
+from layermatte.imaging.pipeline import MatteOptions
 
 
 def run_cli(daemon, *args, socket: Path | None = None) -> subprocess.CompletedProcess:

@@ -13,9 +13,9 @@ import threading
 import numpy as np
 import pytest
 
-from layermatte import fetch
-from layermatte.catalog import Catalog, Preprocess
-from layermatte.catalog.spec import ModelSpec, NpmChunkedSource, UrlSource
+from layermatte.models import fetch
+from layermatte.models.catalog import Catalog, Preprocess
+from layermatte.models.catalog.spec import ModelSpec, NpmChunkedSource, UrlSource
 from layermatte.errors import ChecksumMismatch, DownloadError, ModelNotPulled
 
 ISNET_SHA = "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb"
@@ -96,8 +96,8 @@ def test_url_entry_downloads_verifies_and_runs(http_files, tmp_path):
     assert path.read_bytes() == data
     assert list(path.parent.glob(".*part")) == []
 
-    from layermatte import formats, pipeline
-    from layermatte.engine import Engine
+    from layermatte.imaging import formats, pipeline
+    from layermatte.models.engine import Engine
     model, fresh = Engine(cat).load("tiny")
     assert fresh and Engine(cat).load("tiny")[0] is not model  # per-engine residency
     img = np.zeros((40, 30, 3), np.uint8)

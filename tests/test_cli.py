@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from conftest import iou, with_alpha
-from layermatte.pipeline import MatteOptions
+from layermatte.imaging.pipeline import MatteOptions
 
 
 def lm(*args, env=None, input=None, timeout=300):
@@ -30,7 +30,7 @@ def astro_file(photos, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(daemon, astro_file):
-    from layermatte import imageio
+    from layermatte.imaging import imageio
     with daemon.client() as c:
         return c.matte(imageio.read(astro_file).pixels).matte
 
@@ -185,9 +185,9 @@ def test_editor_client_gets_decontaminated_colours_on_both_transports(daemon, ph
     import tempfile
     lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
-    shutil.copy(Path(__file__).parent.parent / "daemon" / "layermatte" / "platforms.py",
+    shutil.copy(Path(__file__).parent.parent / "daemon" / "layermatte" / "system" / "platforms.py",
                 lite_dir / "layermatte_platforms.py")
-    from layermatte.plugin_install import descriptor_file
+    from layermatte.system.plugin_install import descriptor_file
     shutil.copy(descriptor_file(), lite_dir)
     monkeypatch.syspath_prepend(str(lite_dir))
     import layermatte_lite as lite
@@ -213,9 +213,9 @@ def test_editor_client_hands_big_layers_over_in_a_file(daemon, photos, monkeypat
     import tempfile
     lite_dir = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(Path(__file__).parent.parent / "plugins" / "common" / "layermatte_lite.py", lite_dir)
-    shutil.copy(Path(__file__).parent.parent / "daemon" / "layermatte" / "platforms.py",
+    shutil.copy(Path(__file__).parent.parent / "daemon" / "layermatte" / "system" / "platforms.py",
                 lite_dir / "layermatte_platforms.py")
-    from layermatte.plugin_install import descriptor_file
+    from layermatte.system.plugin_install import descriptor_file
     shutil.copy(descriptor_file(), lite_dir)
     import importlib.util   # a module of its own, not whichever copy an earlier test imported
     spec = importlib.util.spec_from_file_location("layermatte_lite_file", lite_dir / "layermatte_lite.py")

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from conftest import start_daemon, stop_daemon, with_alpha
-from layermatte import lifecycle
+from layermatte.system import lifecycle
 from layermatte.errors import Cancelled
-from layermatte.server import probe
+from layermatte.transport.server import probe
 
 
 def lm(*args, env=None, timeout=300):
@@ -26,7 +26,7 @@ def lm(*args, env=None, timeout=300):
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
-    from layermatte.platforms import pid_alive
+    from layermatte.system.platforms import pid_alive
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:   # reap it when it is our child

@@ -130,7 +130,7 @@ def test_socket_path_too_long(tmp_path, env):
 def test_daemon_that_dies_at_once_is_reported_at_once(short_tmp, model_cache, monkeypatch):
     """ensure_daemon starts a real `serve` that exits at its start (its port is taken):
     the error comes within a few seconds, with the daemon's own last line."""
-    from layermatte.client import ensure_daemon
+    from layermatte.transport.client import ensure_daemon
     monkeypatch.setenv("LAYERMATTE_CACHE", str(model_cache))
     sock = short_tmp / "run" / "d.sock"
     with socket.socket() as busy:

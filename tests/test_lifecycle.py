@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from conftest import start_daemon, stop_daemon, with_alpha
-from layermatte.client import Client
+from layermatte.transport.client import Client
 from layermatte.errors import LayermatteError, ModelNotPulled
-from layermatte.server import probe
+from layermatte.transport.server import probe
 
 
 def serve_cmd(*args):
@@ -247,8 +247,8 @@ def test_idle_daemon_gives_inference_memory_back(model_cache, photos):
 
 
 def test_memory_release_is_cancelled_by_a_request(model_cache):
-    from layermatte.catalog import Catalog
-    from layermatte.engine import Engine
+    from layermatte.models.catalog import Catalog
+    from layermatte.models.engine import Engine
     engine = Engine(Catalog(cache=model_cache))
     engine.load(None)
     assert engine.holding                       # the warm-up run left its working set in the arena

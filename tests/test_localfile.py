@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import with_alpha
-from layermatte import localfile
-from layermatte.pipeline import MatteOptions
+from layermatte.transport import localfile
+from layermatte.imaging.pipeline import MatteOptions
 from layermatte.proto.layermatte.v1 import matting_pb2 as pb
 from layermatte.proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 

@@ -71,7 +71,7 @@ def test_wheel_carries_plugins_descriptor_and_generated_code(built):
                    "layermatte/_plugins/krita/layermatte_krita.desktop",
                    "layermatte/_plugins/gimp/layermatte/gimp_adapter.py",
                    "layermatte/proto/layermatte_v1.desc", "layermatte/proto/layermatte/v1/matting_pb2.py",
-                   "layermatte/platforms.py"):
+                   "layermatte/system/platforms.py"):
         assert needed in names, needed
     meta = zipfile.ZipFile(built["wheel"]).read(
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

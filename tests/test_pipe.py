@@ -24,15 +24,15 @@ from conftest import ROOT, with_alpha
 
 PROGRAM = Path(sys.executable).parent / "layermatte"
 HEAVY = ("numpy", "cv2", "onnxruntime", "scipy", "psd_tools", "PIL", "skimage", "pymatting",
-         "layermatte.pipeline", "layermatte.refine", "layermatte.engine", "layermatte.server",
-         "layermatte.client", "layermatte.formats", "layermatte.daemon")
+         "layermatte.imaging.pipeline", "layermatte.imaging.refine", "layermatte.models.engine", "layermatte.transport.server",
+         "layermatte.transport.client", "layermatte.imaging.formats", "layermatte.daemon")
 
 
 def _lite_copy(folder: Path, name: str):
     """The plug-ins' client as `layermatte install` lays it out (the platform
     module beside it), loaded as a module of its own."""
     shutil.copy(ROOT / "plugins" / "common" / "layermatte_lite.py", folder)
-    shutil.copy(ROOT / "daemon" / "layermatte" / "platforms.py", folder / "layermatte_platforms.py")
+    shutil.copy(ROOT / "daemon" / "layermatte" / "system" / "platforms.py", folder / "layermatte_platforms.py")
     spec = importlib.util.spec_from_file_location(name, folder / "layermatte_lite.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -336,7 +336,8 @@ def test_pipe_start_up_imports_only_the_client_side(daemon, photos, tmp_path):
 
 
 def test_bytes_per_pixel_follows_the_format_table():
-    from layermatte import formats, rawclient
+    from layermatte.imaging import formats
+    from layermatte.transport import rawclient
     for name, code in rawclient.format_names().items():
         assert rawclient.bytes_per_pixel(code) == formats.lookup(code).bytes_per_pixel, name
         assert formats.BY_NAME[name] == code

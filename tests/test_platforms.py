@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from layermatte import platforms
+from layermatte.system import platforms
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_instance_lock_is_exclusive_across_processes(tmp_path):
     lock = platforms.InstanceLock(tmp_path / "d.lock")
     assert lock.acquire()
     other = subprocess.run([sys.executable, "-c",
-                            "import sys; from layermatte.platforms import InstanceLock; "
+                            "import sys; from layermatte.system.platforms import InstanceLock; "
                             f"sys.exit(0 if InstanceLock(__import__('pathlib').Path({str(tmp_path / 'd.lock')!r})).acquire() else 7)"])
     assert other.returncode == 7
     lock.release()

@@ -13,7 +13,7 @@ from PIL import Image
 from psd_tools import PSDImage
 from psd_tools.constants import BlendMode
 
-from layermatte.pipeline import MatteOptions
+from layermatte.imaging.pipeline import MatteOptions
 
 CANVAS = (400, 300)  # w, h
 

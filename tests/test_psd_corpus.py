@@ -1,6 +1,6 @@
 """layermatte psd on real files saved by Photoshop, Photoshop Elements and GIMP
 (../shared/psd-corpus), through the real CLI and daemon; each output is checked at
-byte level by psd_sections (not psd-tools): every image resource, layer record,
+byte level by layermatte.psd.sections (not psd-tools): every image resource, layer record,
 tagged block and channel other than the new pixel masks is unchanged, and the
 merged composite is either byte for byte the file's own or psd-tools' re-render,
 which is only chosen where psd-tools reproduces the file's own composite (at most
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layermatte import psd_composite
-from layermatte import psd_sections as S
+from layermatte.psd import composite as psd_composite
+from layermatte.psd import sections as S
 
 import psd_bytecheck as B
 
@@ -41,7 +41,7 @@ def run_psd(daemon, *args) -> subprocess.CompletedProcess:
 def record_index(src: Path) -> dict[str, int]:
     """Layer path -> index of its layer record (psd-tools only names the layers here)."""
     from psd_tools import PSDImage
-    from layermatte.psd import label
+    from layermatte.psd.document import label
     psd = PSDImage.open(src)
     records = list(psd._record._get_layer_info().layer_records)
     out = {}
@@ -133,7 +133,7 @@ class Ramp:
 def test_written_pixel_masks_are_exactly_the_matte(tmp_path, name):
     """In process, without the daemon: each new or replaced pixel mask decodes (by
     psd_bytecheck, not psd-tools) to the matte given, at the document's depth."""
-    from layermatte import psd
+    from layermatte.psd import document as psd
     src, out = CORPUS / name, tmp_path / "out.psd"
     result = psd.process(src, out, Ramp(), replace_masks=True)
     assert result.masked
@@ -153,7 +153,7 @@ def test_a_vector_mask_without_pixel_mask_is_refused(tmp_path):
     the layer is skipped with the reason and its record stays byte for byte."""
     from psd_tools import PSDImage
 
-    from layermatte import psd
+    from layermatte.psd import document as psd
     doc = PSDImage.open(CORPUS / "mask.psd")
     layer = next(ly for ly in doc.descendants() if ly.name == "Background copy")
     layer._record.mask_data.flags.user_mask_from_render = True

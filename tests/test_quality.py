@@ -11,11 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from layermatte import decontaminate, formats, pipeline, refine, wire
+from layermatte.imaging import decontaminate, formats, pipeline, refine
+from layermatte.transport import wire
 from layermatte.errors import InvalidInput
-from layermatte.pipeline import MatteOptions
+from layermatte.imaging.pipeline import MatteOptions
 from layermatte.proto.layermatte.v1 import matting_pb2 as pb
-from layermatte.refine import EdgeOptions
+from layermatte.imaging.refine import EdgeOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from quality import metrics, testset  # noqa: E402
@@ -234,8 +235,8 @@ def test_re_refine_skips_the_model(daemon, photos, model_cache):
     assert again.summary["stage_ms"].get("inference", 0) == 0
     assert again.summary["provider"] == "" and again.summary["model_id"] == "isnet-general"
     assert other.summary["stage_ms"]["inference"] > 0
-    from layermatte.catalog import Catalog
-    from layermatte.engine import Engine
+    from layermatte.models.catalog import Catalog
+    from layermatte.models.engine import Engine
     model, _ = Engine(Catalog(cache=model_cache)).load(None)
     fresh = pipeline.run(layer, RGB8, soft, model=model).matte
     assert np.abs(fresh.astype(int) - again.matte).max() <= 1
@@ -243,7 +244,7 @@ def test_re_refine_skips_the_model(daemon, photos, model_cache):
 
 
 def test_coarse_cache_is_bounded_and_expires():
-    from layermatte.catalog import Catalog
+    from layermatte.models.catalog import Catalog
     from layermatte.daemon import CoarseCache
     cache = CoarseCache(max_entries=2, ttl_s=60)
     entry = lambda: pipeline.Coarse(np.zeros((4, 4), np.float32), np.zeros((4, 4, 3), np.float32))
@@ -269,8 +270,8 @@ def test_coarse_cache_is_bounded_and_expires():
 
 @pytest.mark.parametrize("code", [2, 5, 7, 12], ids=["RGB8", "BGRA8", "RGB16", "RGBF32"])
 def test_coarse_cache_keeps_8_and_16_bit_guides_compact_and_exact(code, photos):
-    from layermatte import formats
-    from layermatte.catalog import Catalog
+    from layermatte.imaging import formats
+    from layermatte.models.catalog import Catalog
     from layermatte.daemon import CoarseCache
     fmt = formats.lookup(code)
     rgb = cv2.resize(photos["astronaut"], (1500, 1100))
@@ -359,7 +360,7 @@ def test_no_jit_is_left_for_the_first_request():
         "sys.path.insert(0, 'bench')\n"
         "from quality import testset\n"
         "from layermatte import formats, pipeline\n"
-        "from layermatte.pipeline import MatteOptions\n"
+        "from layermatte.imaging.pipeline import MatteOptions\n"
         "img, gt, _ = testset.make(testset.Case('hair', 256, 192))\n"
         "fmt = formats.lookup(formats.BY_NAME['RGB8'])\n"
         "for q in ('fast', 'hq'):\n"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layermatte import imageio
+from layermatte.imaging import imageio
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason=(

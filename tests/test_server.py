@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import iou, with_alpha
-from layermatte import formats, pipeline
-from layermatte.catalog import Catalog
-from layermatte.engine import Engine
+from layermatte.imaging import formats, pipeline
+from layermatte.models.catalog import Catalog
+from layermatte.models.engine import Engine
 from layermatte.errors import Busy, Cancelled, InvalidInput, ModelNotFound
-from layermatte.pipeline import MatteOptions
+from layermatte.imaging.pipeline import MatteOptions
 from layermatte.proto.layermatte.v1 import matting_pb2 as pb
 from layermatte.proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
-from layermatte.refine import EdgeOptions
+from layermatte.imaging.refine import EdgeOptions
 
 # Points of skimage's astronaut photo (512x512): (x, y) inside the subject / background.
 SUBJECT = [(230, 120), (300, 300), (430, 450), (120, 400)]

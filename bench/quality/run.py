@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE.parent))
 from quality import metrics, seethrough, testset  # noqa: E402
 from quality.testset import Case  # noqa: E402
 
-from layermatte import decontaminate, formats, pipeline  # noqa: E402
-from layermatte.pipeline import MatteOptions  # noqa: E402
+from layermatte.imaging import decontaminate, formats, pipeline  # noqa: E402
+from layermatte.imaging.pipeline import MatteOptions  # noqa: E402
 
 SEED = 0
 # Every kind at every size: ~5 minutes on 2 cores (generation and metrics
@@ -112,8 +112,8 @@ def _checker(h: int, w: int, n: int = 16) -> np.ndarray:
 def contact_sheet(path: Path, threads: int) -> list[str]:
     """Real model, real photos: original | matte | cut-out on checkerboard |
     on white | on black, one row per photo (hq quality, decontaminated)."""
-    from layermatte.catalog import Catalog
-    from layermatte.engine import Engine
+    from layermatte.models.catalog import Catalog
+    from layermatte.models.engine import Engine
     cache = Path(os.environ.get("LAYERMATTE_CACHE", Path.home() / ".cache" / "layermatte-ci" / "cache"))
     catalog = Catalog(cache=cache)
     catalog.pull(show_progress=False)

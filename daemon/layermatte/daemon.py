@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import formats, pipeline
-from .catalog import Catalog
-from .engine import Engine
+from .imaging import formats, pipeline
+from .models.catalog import Catalog
+from .models.engine import Engine
 from .errors import Busy, Cancelled, TooLarge
-from .limits import Limits  # noqa: F401  (here since the start; serve --help reads limits.py)
-from .wire import MatteJob
+from .transport.limits import Limits  # noqa: F401  (here since the start; serve --help reads limits.py)
+from .transport.wire import MatteJob
 
 log = logging.getLogger(__name__)
 

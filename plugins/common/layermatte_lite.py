@@ -61,7 +61,7 @@ def _load_platforms():
     and inside a package (Krita) alike."""
     import importlib.util
     for path in (HERE / "layermatte_platforms.py",
-                 HERE.parent.parent / "daemon" / "layermatte" / "platforms.py"):
+                 HERE.parent.parent / "daemon" / "layermatte" / "system" / "platforms.py"):
         if path.is_file():
             spec = importlib.util.spec_from_file_location("layermatte_platforms", path)
             module = importlib.util.module_from_spec(spec)

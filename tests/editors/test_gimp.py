@@ -471,8 +471,8 @@ _MATTES: dict = {}
 
 def daemon_matte(daemon, pixels, *, depth16=False, feather=0.0, guide=None, quality="fast"):
     """The daemon's own matte for these pixels (memoised: several checks share a layer)."""
-    from layermatte.pipeline import MatteOptions
-    from layermatte.refine import EdgeOptions
+    from layermatte.imaging.pipeline import MatteOptions
+    from layermatte.imaging.refine import EdgeOptions
     key = (pixels.tobytes(), pixels.shape, str(pixels.dtype), depth16, feather,
            None if guide is None else guide.tobytes(), quality)
     if key not in _MATTES:

@@ -587,8 +587,8 @@ class Expected:
     def __call__(self, key: str, image: str | np.ndarray | None = None, feather: float = 0.0,
                  guide: np.ndarray | None = None, quality: str = "fast") -> np.ndarray:
         if key not in self.cache:
-            from layermatte.pipeline import MatteOptions
-            from layermatte.refine import EdgeOptions
+            from layermatte.imaging.pipeline import MatteOptions
+            from layermatte.imaging.refine import EdgeOptions
             img = self.images[image or key] if not isinstance(image, np.ndarray) else image
             with self.daemon.client() as c:
                 self.cache[key] = c.matte(img, options=MatteOptions(edges=EdgeOptions(feather_px=feather),

@@ -154,7 +154,7 @@ def _images(d: Path, photos) -> None:
 
 
 def _daemon_matte(daemon, pixels: np.ndarray, fmt: str) -> np.ndarray:
-    from layermatte import formats
+    from layermatte.imaging import formats
     with daemon.client() as c:
         return c.matte(pixels, format_code=formats.BY_NAME[fmt]).matte
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from psd_tools import PSDImage
 
-from layermatte.pipeline import MatteOptions
+from layermatte.imaging.pipeline import MatteOptions
 from root import bind, editor_root, run_in_root
 
 pytestmark = pytest.mark.editor

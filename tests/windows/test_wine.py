@@ -133,7 +133,7 @@ class WineDaemon:
 @pytest.fixture(scope="module")
 def wine_daemon(lane):
     """`python -m layermatte serve` under Wine, found the way clients find it: the published file."""
-    from layermatte.server import probe
+    from layermatte.transport.server import probe
     log = lane.work / "serve.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(["bash", str(SCRIPT), "wine", *lane.env, lane.python, "-m", "layermatte",
@@ -188,7 +188,7 @@ def test_platform_decisions_are_windows_ones(lane):
     """What the real Windows Python decides: runtime folder, transport, process flags, editor folders."""
     p = lane.py(r"""
 import json, os, subprocess, sys
-from layermatte import platforms as P
+from layermatte.system import platforms as P
 g, k = P.gimp_locations(), P.krita_locations()
 child = subprocess.run([sys.executable, "-c", "print('child')"], capture_output=True, text=True,
                        **P.hidden_popen_kwargs())
@@ -218,7 +218,7 @@ print(json.dumps({"os": os.name, "platform": sys.platform, "OS": P.OS, "runtime"
 
 
 def test_daemon_listens_on_loopback_with_a_published_token(lane, wine_daemon):
-    from layermatte.server import probe
+    from layermatte.transport.server import probe
     host, port = wine_daemon.address.rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
     assert len(wine_daemon.token) >= 32

@@ -68,13 +68,13 @@ def run(args) -> int:
     if args.ray is not None:
         if args.mask_only:
             raise InvalidInput("--mask-only is not available with --ray yet")
-        from .. import raybatch
+        from ..jobs import raybatch
         return raybatch.main(args, matte_options(args, return_foreground=True))
     if isinstance(args.input_dir, str) or isinstance(args.output_dir, str):
         raise InvalidInput("URL folders need --ray")
     _check_local(args)
-    from .. import batch
-    from ..batch import DaemonMatter
+    from ..jobs import batch
+    from ..jobs.batch import DaemonMatter
     jobs = batch.plan(args.input_dir, args.output_dir, args.format)
     if not jobs:
         print(f"batch: no images under {args.input_dir}", file=sys.stderr)

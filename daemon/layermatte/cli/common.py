@@ -51,8 +51,8 @@ def add_matte_options(p: argparse.ArgumentParser, decontaminate: str | None = "c
 
 
 def matte_options(args, *, return_foreground: bool, depth16: bool = False) -> MatteOptions:
-    from ..pipeline import MatteOptions
-    from ..refine import EdgeOptions
+    from ..imaging.pipeline import MatteOptions
+    from ..imaging.refine import EdgeOptions
     return MatteOptions(edges=EdgeOptions(feather_px=args.feather, shift_px=args.shift,
                                           smooth=args.smooth, contrast=args.contrast),
                         decontaminate=getattr(args, "decontaminate", False) and return_foreground,
@@ -66,8 +66,8 @@ def _say(line: str) -> None:
 
 def connect(args):
     """A Client for the daemon args name; starts one (and says so) unless --no-autostart."""
-    from .. import lifecycle
-    from ..client import Client, default_token, ensure_daemon, resolve_address
+    from ..system import lifecycle
+    from ..transport.client import Client, default_token, ensure_daemon, resolve_address
     address = resolve_address(args.socket, args.address)
     if address.startswith("unix:"):
         lifecycle.check_socket_path(Path(address[len("unix:"):]))

@@ -89,7 +89,7 @@ def plan(args) -> list[Task]:
     else:
         src = paths[0]
         tasks = [Task(src, src.with_name(f"{src.stem}.{'matte' if args.mask_only else 'cut'}{ext}"))]
-    from .. import imageio
+    from ..imaging import imageio
     seen: dict[Path, Path] = {}
     for t in tasks:
         check_input(t.source)
@@ -150,10 +150,10 @@ class Matter:
 
     def __call__(self, pixels, opts, progress):
         if self.args.local:
-            from .. import formats, pipeline
+            from ..imaging import formats, pipeline
             if self.model is None:
-                from ..catalog import Catalog
-                from ..engine import Engine
+                from ..models.catalog import Catalog
+                from ..models.engine import Engine
                 self.model, _ = Engine(Catalog()).load(self.args.model or None)
             fmt = formats.lookup(formats.code_for_array(pixels))
             r = pipeline.run(pixels, fmt, opts, model=self.model, progress=progress)
@@ -170,7 +170,7 @@ class Matter:
 
 
 def _read(source: Path, tmp: Path):
-    from .. import imageio
+    from ..imaging import imageio
     if not is_std(source):
         return imageio.read(source)
     data = sys.stdin.buffer.read()
@@ -185,7 +185,7 @@ def _read(source: Path, tmp: Path):
 
 
 def _write(output: Path, pixels, icc, fmt: str, tmp: Path) -> None:
-    from .. import imageio
+    from ..imaging import imageio
     if not is_std(output):
         imageio.write(output, pixels, icc)
         return

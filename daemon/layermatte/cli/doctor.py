@@ -35,7 +35,7 @@ def _gpu() -> str:
 
 def _runtime_folder(folder) -> str:
     """The daemon's folder must be creatable and writable, or no daemon can start."""
-    from .. import lifecycle
+    from ..system import lifecycle
     from ..errors import LayermatteError
     if not folder.exists():
         parent = next((p for p in folder.parents if p.exists()), None)
@@ -51,8 +51,8 @@ def _runtime_folder(folder) -> str:
 
 
 def _daemon(args) -> tuple[str, str]:
-    from .. import lifecycle
-    from ..rawclient import default_token, probe, resolve_address   # no numpy: cheap
+    from ..system import lifecycle
+    from ..transport.rawclient import default_token, probe, resolve_address   # no numpy: cheap
     address = resolve_address(args.socket, args.address)
     if address.startswith("unix:"):
         try:
@@ -68,14 +68,15 @@ def _daemon(args) -> tuple[str, str]:
     state = "running" + (f" (pid {pid})" if pid else "")
     if args.no_probe:
         return address, state
-    from ..client import Client
+    from ..transport.client import Client
     with Client(address, token=token, timeout=10) as c:
         loaded = [f"{m['id']} on {m['provider']}" for m in c.list_models() if m["loaded"]]
     return address, f"{state}; loaded: " + (", ".join(loaded) or "nothing yet")
 
 
 def _editors() -> list[tuple[str, str]]:
-    from .. import __version__, plugin_install
+    from .. import __version__
+    from ..system import plugin_install
     rows = []
     for editor in ("gimp", "krita"):
         found = plugin_install.report(editor)
@@ -89,9 +90,10 @@ def _editors() -> list[tuple[str, str]]:
 
 
 def run(args) -> int:
-    from .. import __version__, platforms
-    from ..catalog import Catalog
-    from ..providers import choose_provider, runtime_info
+    from .. import __version__
+    from ..system import platforms
+    from ..models.catalog import Catalog
+    from ..models.providers import choose_provider, runtime_info
     from ..errors import LayermatteError
     rows = [("layermatte", __version__), ("python", sys.version.split()[0])]
     try:

@@ -31,7 +31,7 @@ def register(sub):
 
 
 def _grant(app: str) -> str:
-    from ..plugin_install import flatpak_grant
+    from ..system.plugin_install import flatpak_grant
     cmd = flatpak_grant(app)
     if shutil.which("flatpak") is None:
         raise InvalidInput("--flatpak: the flatpak program is not on PATH; run this on the host: "
@@ -43,7 +43,7 @@ def _grant(app: str) -> str:
 
 
 def run(args) -> int:
-    from .. import plugin_install as pi
+    from ..system import plugin_install as pi
     targets = [pi.dest_location(args.editor, args.dest)] if args.dest else pi.discover(args.editor)
     fn = pi.install if args.action == "install" else pi.uninstall
     results = []

@@ -50,7 +50,7 @@ def _list(cat, as_json: bool) -> None:
 
 
 def run(args) -> int:
-    from ..catalog import Catalog, Preprocess
+    from ..models.catalog import Catalog, Preprocess
     cat = Catalog()
     if args.action == "list":
         _list(cat, args.json)

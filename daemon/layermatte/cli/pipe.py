@@ -28,9 +28,10 @@ import os
 import sys
 import threading
 
-from .. import __version__, framed
-from ..endpoint import resolve_address
-from ..platforms import parent_changed, parent_id
+from .. import __version__
+from ..transport import framed
+from ..transport.endpoint import resolve_address
+from ..system.platforms import parent_changed, parent_id
 from ..errors import Cancelled, InvalidInput, LayermatteError
 from .common import QUALITIES, add_connection
 
@@ -185,8 +186,8 @@ def _call(args, planes: list[bytearray], cancel: threading.Event) -> tuple[list,
 
 def _call_grpc(args, address: str, header: dict, planes: list[bytearray],
                cancel: threading.Event) -> tuple[list, dict]:
-    from ..rawclient import RawClient, RawRequest, default_token, ensure_daemon, format_names
-    from ..rawclient import pb
+    from ..transport.rawclient import RawClient, RawRequest, default_token, ensure_daemon, format_names
+    from ..transport.rawclient import pb
     quality = {"fast": pb.REFINEMENT_QUALITY_FAST, "hq": pb.REFINEMENT_QUALITY_HQ}
     req = RawRequest(width=args.width, height=args.height,
                      format_code=format_names()[args.format], pixels=planes[0],

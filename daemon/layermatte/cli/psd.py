@@ -83,14 +83,14 @@ def _files_after_layers(args) -> None:
 
 
 def run(args) -> int:
-    from .. import psd  # psd-tools loads only when this command runs
+    from ..psd import document as psd  # psd-tools loads only when this command runs
     _files_after_layers(args)
     if args.input is None:
         raise InvalidInput("give the input file: `layermatte psd IN.psd OUT.psd`")
     check_input(args.input)
     if args.output is not None:
         check_output(args.output, [args.input])
-    from ..batch import DaemonMatter
+    from ..jobs.batch import DaemonMatter
     mode = "names" if args.layers else "visible" if args.visible else "all"
     matter = DaemonMatter(lambda: connect(args), model_id=args.model)
     bar = LayerBar(enabled=sys.stderr.isatty() and not args.json)

@@ -53,7 +53,7 @@ def matte_plane(pixels):
 def run(args) -> int:
     import numpy as np
 
-    from .. import formats, imageio, pipeline
+    from ..imaging import formats, imageio, pipeline
     from .cut import ProgressBar
     for path in (args.image, args.matte):
         check_input(path)

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from ..errors import InvalidInput
-from ..limits import Limits
+from ..transport.limits import Limits
 
 log = logging.getLogger("layermatte.serve")
 
@@ -80,23 +80,23 @@ def _port_free(host: str, port: int | None) -> None:
 
 
 def run(args) -> int:
-    from .. import lifecycle
+    from ..system import lifecycle
 
     # Whatever can fail is checked before the runtime loads (onnxruntime may print on import).
     token = _read_token(args.token_file) if args.token_file else None
     socket = args.socket.absolute() if args.socket else None
     lifecycle.preflight(lifecycle.files_for(socket))
     _port_free(args.host, args.port)
-    from ..server import ServeConfig, is_loopback, serve
+    from ..transport.server import ServeConfig, is_loopback, serve
     cfg = ServeConfig(socket=socket, port=args.port, host=args.host, token=token,
                       idle_exit_s=max(0.0, args.idle_exit))
     if cfg.port is not None and not is_loopback(cfg.host) and not cfg.token:
         raise InvalidInput(f"refusing to listen on non-loopback address {cfg.host} without "
                            "--token-file: anyone on the network could use this daemon")
 
-    from ..catalog import Catalog
+    from ..models.catalog import Catalog
     from ..daemon import Daemon
-    from ..engine import Engine, limit_malloc_arenas
+    from ..models.engine import Engine, limit_malloc_arenas
     limit_malloc_arenas()   # first, before any thread allocates
     catalog = Catalog()
     engine = Engine(catalog, provider=args.provider)

@@ -20,7 +20,7 @@ def register(sub):
 def run(args) -> int:
     import os
 
-    from .. import lifecycle
+    from ..system import lifecycle
     socket = args.socket or os.environ.get("LAYERMATTE_SOCKET") or None
     files = lifecycle.files_for(socket)
     where = files.socket or files.folder

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import paths, platforms
-from .errors import DaemonUnavailable, InvalidInput
+from ..errors import DaemonUnavailable, InvalidInput
 
 log = logging.getLogger(__name__)
 IDLE_EXIT_ENV = "LAYERMATTE_IDLE_EXIT"

@@ -17,13 +17,14 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import lifecycle, localfile, platforms, wire
-from .lifecycle import AlreadyRunning  # noqa: F401  (re-exported)
+from ..system import lifecycle, platforms
+from . import localfile, wire
+from ..system.lifecycle import AlreadyRunning  # noqa: F401  (re-exported)
 from .interceptors import DecodeGuard, TokenInterceptor
-from .daemon import Daemon
-from .errors import Cancelled, InvalidInput, LayermatteError
-from .proto.layermatte.v1 import matting_pb2 as pb
-from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
+from ..daemon import Daemon
+from ..errors import Cancelled, InvalidInput, LayermatteError
+from ..proto.layermatte.v1 import matting_pb2 as pb
+from ..proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE = "layermatte.v1.Matting"

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import atomic_output
-from .errors import InvalidInput
+from ..system.atomic import atomic_output
+from ..errors import InvalidInput
 
 Image.MAX_IMAGE_PIXELS = 250_000_000  # decompression-bomb guard, same as the daemon's limit
 # Pillow only warns between 1x and 2x that limit (and decodes the image); read() refuses

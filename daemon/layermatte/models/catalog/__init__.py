@@ -11,8 +11,8 @@ import logging
 import pkgutil
 from pathlib import Path
 
-from .. import paths
-from ..errors import ChecksumMismatch, DownloadError, InvalidInput, ModelNotFound, ModelNotPulled
+from ...system import paths
+from ...errors import ChecksumMismatch, DownloadError, InvalidInput, ModelNotFound, ModelNotPulled
 from . import entries
 from .spec import ID_PATTERN, LocalSource, ModelSpec, NpmChunkedSource, Preprocess, UrlSource
 

@@ -21,11 +21,12 @@ from typing import Callable
 
 import grpc
 
-from . import framed, localfile, platforms
+from . import framed, localfile
+from ..system import platforms
 from .endpoint import default_token, resolve_address  # noqa: F401  (shared by every client)
-from .errors import Cancelled, DaemonUnavailable, InvalidInput, LayermatteError, from_status
-from .proto.layermatte.v1 import matting_pb2 as pb
-from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
+from ..errors import Cancelled, DaemonUnavailable, InvalidInput, LayermatteError, from_status
+from ..proto.layermatte.v1 import matting_pb2 as pb
+from ..proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 IN_CHUNK = 1 << 20
@@ -79,7 +80,7 @@ def ensure_daemon(address: str, timeout: float = 60.0, extra_args: list[str] | N
     `address` (one connection instead of two); `announce` gets one line for
     people when a daemon starts.
     """
-    from . import lifecycle   # standard library only: cheap for `pipe`
+    from ..system import lifecycle   # standard library only: cheap for `pipe`
     own = platforms.default_endpoint()
     if address.startswith("unix:"):
         lifecycle.check_socket_path(Path(address[len("unix:"):]))

@@ -19,8 +19,8 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from . import framed
-from .errors import Cancelled, InvalidInput
-from .proto.layermatte.v1 import matting_pb2 as pb
+from ..errors import Cancelled, InvalidInput
+from ..proto.layermatte.v1 import matting_pb2 as pb
 from .rawclient import summary_dict
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import psd_sections
+from . import sections
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def check_renderer(psd, data: bytes) -> CompositeCheck:
     from psd_tools.api.numpy_io import encode_image_data
     from psd_tools.composite import composite
     try:
-        sections = psd_sections.read(data)
-        stored = psd_sections.decode_image_data(sections).astype(np.int64)
-    except (psd_sections.SectionError, ValueError) as e:
+        parts = sections.read(data)
+        stored = sections.decode_image_data(parts).astype(np.int64)
+    except (sections.SectionError, ValueError) as e:
         return CompositeCheck(False, 1.0, f"stored composite not readable: {e}")
     try:
         color, _, alpha = composite(psd)
@@ -54,12 +54,12 @@ def check_renderer(psd, data: bytes) -> CompositeCheck:
     except Exception as e:  # psd-tools' renderer failing on some layer kind
         log.info("psd-tools cannot render the document: %s", e)
         return CompositeCheck(False, 1.0, "psd-tools cannot render this document")
-    dtype = ">u1" if sections.depth == 8 else ">u2"
+    dtype = ">u1" if parts.depth == 8 else ">u2"
     got = np.frombuffer(b"".join(planes), dtype)
     if got.size != stored.size:
         return CompositeCheck(False, 1.0, "psd-tools renders a different image shape")
     got = got.reshape(stored.shape).astype(np.int64)
-    levels = LEVELS if sections.depth == 8 else LEVELS * 257
+    levels = LEVELS if parts.depth == 8 else LEVELS * 257
     off = float((np.abs(got - stored) > levels).any(axis=0).mean()) if stored.size else 0.0
     if off > OFF_FRACTION:
         return CompositeCheck(False, off, f"psd-tools' renderer differs from this file's own composite "

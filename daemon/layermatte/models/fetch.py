@@ -22,7 +22,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .errors import ChecksumMismatch, DownloadError
+from ..errors import ChecksumMismatch, DownloadError
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20

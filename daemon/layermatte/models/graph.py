@@ -14,7 +14,7 @@ The derived copy is written into the model cache (named by the download's
 sha256) by a short-lived subprocess, so the daemon itself never holds the
 parsed protobuf (parsing it in-process left ~90 MB of heap behind).
 
-    python -m layermatte.graph SRC INDEX DST [fp32]
+    python -m layermatte.models.graph SRC INDEX DST [fp32]
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def derive(src: Path, index: int, dst: Path, fp32: bool) -> tuple[Path, int]:
         return src, index
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     try:
-        cmd = [sys.executable, "-m", "layermatte.graph", str(src), str(index), str(tmp)]
+        cmd = [sys.executable, "-m", "layermatte.models.graph", str(src), str(index), str(tmp)]
         p = subprocess.run(cmd + (["fp32"] if fp32 else []), capture_output=True, text=True, timeout=600)
         if p.returncode == UNCHANGED:
             same.touch()

@@ -11,11 +11,12 @@ from typing import Callable
 import grpc
 import numpy as np
 
-from . import formats, localfile, wire
-from .errors import Cancelled, DaemonUnavailable, LayermatteError
-from .pipeline import MatteOptions
-from .proto.layermatte.v1 import matting_pb2 as pb
-from .proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
+from ..imaging import formats
+from . import localfile, wire
+from ..errors import Cancelled, DaemonUnavailable, LayermatteError
+from ..imaging.pipeline import MatteOptions
+from ..proto.layermatte.v1 import matting_pb2 as pb
+from ..proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 # One copy of the connection helpers, shared with the pipe program's relay.
 from .rawclient import default_token, ensure_daemon, probe, resolve_address  # noqa: F401
 from .rawclient import status_error as _error

@@ -7,7 +7,7 @@ from pathlib import Path
 import platformdirs
 
 from . import platforms
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 APP = "layermatte"
 

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import InvalidInput, LayermatteError
+from ..errors import InvalidInput, LayermatteError
 
 _MISSING = ("no ONNX runtime is installed: pip install 'layermatte[cpu]' (or 'layermatte[gpu]' "
             "for NVIDIA GPUs) in the environment of this layermatte")
@@ -48,7 +48,7 @@ def runtime_info() -> tuple[str, list[str]]:
     key = _build_key()
     if key is None:
         raise LayermatteError(_MISSING)
-    from . import paths
+    from ..system import paths
     record = paths.cache_dir() / "onnxruntime-build.json"
     try:
         cached = json.loads(record.read_text())

@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .errors import Cancelled, DaemonUnavailable, InvalidInput, LayermatteError, from_status
+from ..errors import Cancelled, DaemonUnavailable, InvalidInput, LayermatteError, from_status
 
 PROTOCOL = 1
 HELLO, DATA, END, EVENT = b"H", b"D", b"Z", b"E"

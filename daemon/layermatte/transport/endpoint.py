@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import platforms
+from ..system import platforms
 
 
 def resolve_address(socket: str | os.PathLike | None = None, address: str | None = None) -> str:

@@ -30,10 +30,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from . import batch, formats, pipeline
+from . import batch
+from ..imaging import formats, pipeline
 from .batch import Job, Outcome, Summary
-from .client import MatteReply
-from .errors import InvalidInput, LayermatteError
+from ..transport.client import MatteReply
+from ..errors import InvalidInput, LayermatteError
 
 RAY_REQUIREMENT = "ray[data]>=2.50,<2.61"   # as the extra in pyproject.toml
 INSTALL_HINT = ("--ray needs Ray, an optional extra: pip install 'layermatte[ray]' (that is "
@@ -176,8 +177,8 @@ class _Infer:
     """One actor: the model resident; tensor in, coarse matte (0..1 float32) out."""
 
     def __init__(self, spec, cache: str | None, threads: int):
-        from .catalog import Catalog
-        from .engine import Engine
+        from ..models.catalog import Catalog
+        from ..models.engine import Engine
         catalog = Catalog(cache=Path(cache) if cache else None, extra_entries=[spec])
         catalog.pull(spec.id, show_progress=False)   # verified by sha256; fetched only if missing
         self.model, _ = Engine(catalog, threads=threads).load(spec.id)   # verified again
@@ -205,7 +206,7 @@ def _finish(row: dict, *, src_root, out_root, fmt, options, input_size) -> dict:
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     coarse = np.frombuffer(row["coarse"], np.float32).reshape(row["coarse_h"], row["coarse_w"])
     if row.get("padded") and coarse.size:   # a layer with transparency had a backdrop margin
-        from . import backdrop
+        from ..imaging import backdrop
         coarse = np.ascontiguousarray(backdrop.unpad(coarse))
 
     def matte(pixels, opts, progress=None) -> MatteReply:
@@ -249,7 +250,7 @@ def run(src_root: str, out_root: str, fmt: str = "png", options=pipeline.MatteOp
     address: as ray.init takes it; None: a new local instance (unless already connected).
     Errors that stop the job go to summary.aborted. verbose: workers' logs are shown."""
     ray = _ray()
-    from .catalog import Catalog
+    from ..models.catalog import Catalog
     src_root, out_root = (r if _is_url(r) else os.path.abspath(r) for r in (src_root, out_root))
     pairs = plan(src_root, out_root, fmt)
     existing = set() if force else set(_files(out_root))

@@ -16,11 +16,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, kritarc_edit, platforms
-from .errors import InvalidInput
+from .. import __version__
+from . import kritarc_edit, platforms
+from ..errors import InvalidInput
 from .platforms import EditorLocation
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent   # the layermatte package
 MANIFEST = "layermatte-install.json"
 KRITA_KEY = "enable_layermatte_krita"
 # Our folder / files inside the editor's plug-in root.
@@ -119,7 +120,7 @@ def _payload(editor: str) -> dict[str, bytes | Path]:
         out[KRITA_DESKTOP] = src / "krita" / KRITA_DESKTOP
     common = src / "common"
     out[f"{folder}/layermatte_lite.py"] = common / "layermatte_lite.py"
-    out[f"{folder}/layermatte_platforms.py"] = PACKAGE_DIR / "platforms.py"
+    out[f"{folder}/layermatte_platforms.py"] = Path(platforms.__file__)
     desc = descriptor_file()
     if not desc.is_file():
         raise InvalidInput(f"{desc} is missing: this installation of layermatte is incomplete")

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 
 def _umask() -> int:

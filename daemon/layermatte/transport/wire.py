@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import formats
-from .errors import InvalidInput
-from .pipeline import MatteOptions
-from .proto.layermatte.v1 import matting_pb2 as pb
-from .refine import EdgeOptions
+from ..imaging import formats
+from ..errors import InvalidInput
+from ..imaging.pipeline import MatteOptions
+from ..proto.layermatte.v1 import matting_pb2 as pb
+from ..imaging.refine import EdgeOptions
 
 MAX_REQUEST_ID = 128
 QUALITY = {pb.REFINEMENT_QUALITY_FAST: "fast", pb.REFINEMENT_QUALITY_HQ: "hq"}

@@ -3,9 +3,9 @@
 For each chosen pixel layer, its own pixels (at its own bounds and offset) go
 to a matte function, and the matte comes back as that layer's layer mask
 (psd-tools 1.26 ``create_mask``; an existing pixel mask is rewritten in its own
-record by psd_masks.py). Every other record of the file is kept as psd-tools read
+record by masks.py). Every other record of the file is kept as psd-tools read
 it. The merged composite is re-rendered only where psd-tools' renderer reproduces
-the file's own (psd_composite.py); otherwise it is kept as stored. Outputs are
+the file's own (composite.py); otherwise it is kept as stored. Outputs are
 written to a temporary file and renamed; a layer that cannot be processed is
 reported by name and skipped.
 
@@ -29,10 +29,10 @@ from psd_tools.compression import PSDDecompressionWarning
 from psd_tools.constants import ChannelID, ColorMode, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource
 
-from . import psd_composite, psd_masks
-from .atomic import atomic_output
-from .errors import Busy, Cancelled, InvalidInput, LayermatteError, TooLarge
-from .pipeline import MatteOptions
+from . import composite, masks
+from ..system.atomic import atomic_output
+from ..errors import Busy, Cancelled, InvalidInput, LayermatteError, TooLarge
+from ..imaging.pipeline import MatteOptions
 
 SUPPORTED_MODES = {ColorMode.RGB: "RGB", ColorMode.GRAYSCALE: "Grayscale"}
 # The daemon's default --max-pixels. Checked before decoding: psd-tools inflates a layer
@@ -192,19 +192,19 @@ def layer_pixels(layer, depth: int) -> np.ndarray | None:
 
 def set_mask(layer, matte: np.ndarray, depth: int) -> str:
     """Write `matte` (layer-sized, uint8 or uint16) as the layer's pixel mask; returns
-    where it went (psd_masks.MaskSlot.kind).
+    where it went (masks.MaskSlot.kind).
 
     A new mask goes through psd-tools, which takes masks as PIL images, i.e. 8 bits;
     in a 16-bit document the stored channel is then widened with 8-bit precision and
     a uint16 matte is written back into it at full precision (pinned psd-tools 1.26).
-    An existing pixel mask is rewritten in place by psd_masks (its flags, density,
+    An existing pixel mask is rewritten in place by masks.py (its flags, density,
     feather and any vector mask stay as they were).
     """
     h, w = matte.shape
     if (layer.height, layer.width) != (h, w):
         raise ValueError(f"matte {w}x{h} does not fit layer {layer.width}x{layer.height}")
     if layer.has_mask():
-        return psd_masks.write_pixel_mask(layer, matte, depth).kind
+        return masks.write_pixel_mask(layer, matte, depth).kind
     m8 = matte if matte.dtype == np.uint8 else ((matte.astype(np.uint32) + 128) // 257).astype(np.uint8)
     layer.create_mask(Image.fromarray(m8, "L"), top=layer.top, left=layer.left)
     if depth == 16 and matte.dtype == np.uint16:
@@ -282,8 +282,8 @@ def _one_layer(layer, name, depth, matte, opts, replace_masks, progress) -> Laye
                     "make it a normal layer in Photoshop (Layer > New > Layer from Background) first")
     if layer.has_mask():
         try:
-            psd_masks.pixel_mask_slot(layer)
-        except psd_masks.MaskRefused as e:
+            masks.pixel_mask_slot(layer)
+        except masks.MaskRefused as e:
             return skip(str(e))
         if not replace_masks:
             return skip("already has a layer mask (use --replace-masks)")
@@ -356,7 +356,7 @@ def process(input_path: Path, output: Path | None, matte: MatteFn, options: Matt
         raise InvalidInput(f"{input_path}: no {what} to process")
     if on_plan:
         on_plan(len(layers))
-    check = psd_composite.check_renderer(psd, data)   # on the document as it came
+    check = composite.check_renderer(psd, data)   # on the document as it came
     outcomes = matte_layers(psd, layers, matte, options, replace_masks=replace_masks,
                             progress=progress, on_layer=on_layer)
     result = PsdResult(output, outcomes)

@@ -5,7 +5,7 @@ import hmac
 
 import grpc
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 
 class _Undecodable:

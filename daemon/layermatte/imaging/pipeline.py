@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from . import backdrop, decontaminate, formats, refine
-from .catalog import ModelSpec
-from .engine import LoadedModel
-from .errors import Cancelled, InvalidInput
+from ..models.catalog import ModelSpec
+from ..models.engine import LoadedModel
+from ..errors import Cancelled, InvalidInput
 from .formats import PixelFormat
 
 STRIP_ROWS = 256

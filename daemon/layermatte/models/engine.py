@@ -13,7 +13,7 @@ import numpy as np
 
 from . import graph
 from .catalog import Catalog, ModelSpec
-from .errors import Cancelled, LayermatteError
+from ..errors import Cancelled, LayermatteError
 from .providers import ALIASES, PREFERENCE, choose_provider, import_runtime  # noqa: F401  (re-exported)
 
 ort = import_runtime()
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def _provider_config(name: str) -> list:
     if name == "TensorrtExecutionProvider":
-        from . import paths
+        from ..system import paths
         cache = str(paths.cache_dir() / "trt")
         return [(name, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
                         "trt_engine_cache_path": cache}),

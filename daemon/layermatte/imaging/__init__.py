@@ -1,0 +1,1 @@
+"""Pixels: formats, image files, the matting pipeline, refinement and decontamination."""

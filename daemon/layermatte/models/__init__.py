@@ -1,0 +1,1 @@
+"""The model side: the catalogue, verified downloads, ONNX graphs, providers and resident sessions."""
