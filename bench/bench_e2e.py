@@ -139,7 +139,7 @@ def plugin_client(socket_path: Path):
     """The editors' client module, imported as a plug-in would (descriptor set beside it)."""
     import importlib
     import shutil
-    from layermatte.cli.install import descriptor_file, plugins_source
+    from layermatte.system.plugin_install import descriptor_file, plugins_source
     d = Path(tempfile.mkdtemp(prefix="lite-"))
     shutil.copy(plugins_source() / "common" / "layermatte_lite.py", d)
     shutil.copy(descriptor_file(), d)
