@@ -164,7 +164,8 @@ def edge_gate(coarse: np.ndarray) -> np.ndarray:
     Edge width ~ sum|grad p| / sum|laplacian p| over a window: for a step
     blurred by a Gaussian of sigma s the ratio is ~1.25 s, so it measures
     how many coarse pixels an edge spans. The gate is eroded so the toes of
-    a smooth ramp (where the ratio dips) stay bilinear too."""
+    a smooth ramp (where the ratio dips) stay bilinear too, and multiplied
+    by flatness_gate (flat places, where the ratio says nothing)."""
     # OpenCV calls writing in place where they can: at 1024² each fresh
     # array is 4 MB of pages to fault in.
     ps = cv2.GaussianBlur(coarse, (0, 0), 0.8)
@@ -178,7 +179,32 @@ def edge_gate(coarse: np.ndarray) -> np.ndarray:
     g *= np.float32(-1.0 / (GATE_HI - GATE_LO))
     g += np.float32(GATE_HI / (GATE_HI - GATE_LO))
     np.clip(g, 0, 1, out=g)
-    return _box(cv2.erode(g, np.ones((7, 7), np.uint8), borderType=cv2.BORDER_REFLECT), 3)
+    g = _box(cv2.erode(g, np.ones((7, 7), np.uint8), borderType=cv2.BORDER_REFLECT), 3)
+    return cv2.multiply(g, flatness_gate(coarse), dst=g)
+
+
+# Flat coarse matte (issue 21): where the coarse matte changes by less than
+# FLAT_LO (fully) to FLAT_HI (not at all) over 3x3 coarse pixels, it already
+# draws what is there: the inside of a plateau, the background, the toes of
+# an edge. The filter's windows (5x5 on the <=448 grid: ~11 coarse pixels
+# at 1024) reach into such places from a nearby edge and write the image's
+# texture there; on a 20% plateau that cost more than the edge gained.
+# Near-opaque pixels keep the filter, as in _evidence (sub-pixel holes).
+# Measured on bench/quality (RESULTS.md, SEE_THROUGH.md): 1.5-4 levels, smoothed over 5x5.
+FLAT_LO, FLAT_HI = 1.5 / 255, 4.0 / 255
+
+
+def flatness_gate(coarse: np.ndarray) -> np.ndarray:
+    """0..1 per coarse pixel: 0 where the coarse matte is locally flat
+    (nothing for the image to add), 1 where it changes or is near opaque."""
+    k = np.ones((3, 3), np.uint8)
+    f = cv2.dilate(coarse, k)
+    f -= cv2.erode(coarse, k)                           # local range
+    f -= np.float32(FLAT_LO)
+    f *= np.float32(1.0 / (FLAT_HI - FLAT_LO))
+    f = _box(np.clip(f, 0, 1, out=f), 2)
+    f[coarse >= 1 - OPAQUE] = 1
+    return f
 
 
 def upsampling_coefficients(guide_low: np.ndarray, coarse: np.ndarray,
@@ -186,8 +212,8 @@ def upsampling_coefficients(guide_low: np.ndarray, coarse: np.ndarray,
     """Guided-filter coefficients on the coarse matte's grid with the gate
     folded in (a·g, b·g + p·(1-g)), so applying them costs the same and
     gives plain bilinear wherever the gate is 0. The gate is the edge gate
-    times the fit's evidence (_evidence): both must say the image knows
-    more than the coarse matte. With a thread pool, the gate
+    (with the flatness gate folded in) times the fit's evidence (_evidence):
+    all must say the image knows more than the coarse matte. With a thread pool, the gate
     is computed beside the solve (both are mostly OpenCV, which drops the GIL)."""
     pending = pool.submit(edge_gate, coarse) if gate is None and pool is not None else None
     coef = guided_coefficients(guide_low, coarse, pool=pool, bands=bands)
