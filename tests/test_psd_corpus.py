@@ -109,10 +109,12 @@ def test_replace_masks_on_real_files(daemon, tmp_path, name, layers, kinds):
     for m in report["masked"]:
         i = index[m["layer"]]
         old, new = before.layers[i].mask, s.layers[i].mask
-        if m["mask"] == "real":      # the vector mask's -2 channel, flags and parameters as they were
+        if m["mask"] == "real":      # -2's rectangle, flags and parameters as they were
             assert new.raw[:18] == old.raw[:18] and new.parameters == old.parameters
             assert len(new.raw) == len(old.raw) and new.real_flags == old.real_flags
-            assert s.layers[i].channel_data[B.USER] == before.layers[i].channel_data[B.USER]
+            # -2 is Photoshop's render of -3 clipped by the vector mask (flags bit 3) in every
+            # such corpus layer: it follows the new -3 (B.compare checked how); else it stays.
+            assert old.flags & B.RENDERED
         if m["mask"] == "real" or old.flags & 0x10:   # psd-tools would not render these right
             assert not report["composite"]["rerendered"]
             assert "kept as stored" in report["composite"]["detail"]
@@ -164,3 +166,34 @@ def test_a_vector_mask_without_pixel_mask_is_refused(tmp_path):
     assert not result.masked
     assert result.skipped[0].reason.startswith("it has a vector mask and no pixel mask")
     check_output(src, out, {"masked": [], "composite": {"rerendered": False}})
+
+
+@pytest.mark.parametrize("case", ["vector disabled", "background 255"])
+def test_rendered_user_mask_edge_cases(tmp_path, case):
+    """Channel -2 beside a replaced -3 (psd.masks) where the corpus has no example: a disabled
+    vector mask clips nothing (-2 is the new pixel mask over -2's own box); a -2 background of
+    255 (the vector covers what lies outside its box) grows -2's box to hold the layer, with
+    background 0. "Layer 1 copy 3" is 32x8 at (0, 24); its vector mask covers x 16..31."""
+    from psd_tools import PSDImage
+
+    from layermatte.psd import masks
+    src = CORPUS / "mask-density-layervectormask.psd"
+    doc = PSDImage.open(src)
+    layer = next(ly for ly in doc.descendants() if ly.name == "Layer 1 copy 3")
+    if case == "vector disabled":
+        layer.vector_mask._data.flags |= 4          # vmsk flags bit 2: disabled
+    else:
+        layer._record.mask_data.background_color = 255
+    ramp = Ramp()(np.zeros((8, 32, 3)), type("O", (), {"depth16": False})()).matte
+    assert masks.write_pixel_mask(layer, ramp, 8).kind == "real"
+    with open(tmp_path / "out.psd", "wb") as f:      # the record as it is, no composite made
+        doc._record.write(f)
+    rec = S.read((tmp_path / "out.psd").read_bytes()).layers[record_index(src)["Layer 1 copy 3"]]
+    box = rec.mask.rect
+    want = B._on((24, 0, 32, 32), ramp.astype(np.int64), 0, box)
+    if case == "vector disabled":
+        assert (box, rec.mask.background) == ((23, 15, 33, 33), 0)
+    else:
+        assert (box, rec.mask.background) == ((23, 0, 33, 33), 0)
+        want[:, :16] = 0
+    assert np.array_equal(B._channel_on(rec, B.USER, 8, 1, box), want)
