@@ -377,7 +377,7 @@ def test_no_jit_is_left_for_the_first_request():
         "sys.meta_path.insert(0, Block())\n"
         "sys.path.insert(0, 'bench')\n"
         "from quality import testset\n"
-        "from layermatte import formats, pipeline\n"
+        "from layermatte.imaging import formats, pipeline\n"
         "from layermatte.imaging.pipeline import MatteOptions\n"
         "img, gt, _ = testset.make(testset.Case('hair', 256, 192))\n"
         "fmt = formats.lookup(formats.BY_NAME['RGB8'])\n"

@@ -145,6 +145,16 @@ def _ratio(x, base):
     return x / base if base > 0 else float("nan")
 
 
+def _cases(results: list[dict]) -> str:
+    """The kinds run at each size (and the see-through kinds' backgrounds), in run order."""
+    by_size: dict[str, dict[str, None]] = {}
+    for r in results:
+        rc = r["recipe"]
+        name = rc["kind"] + (f" over {rc['bg']}" if rc.get("bg") else "")
+        by_size.setdefault(f"{rc['width']}x{rc['height']}", {})[name] = None
+    return "; ".join(f"{', '.join(k)} at {size}" for size, k in by_size.items())
+
+
 def report(results: list[dict], sheet: list[str], args, elapsed: float) -> str:
     out = ["# Matting quality with ground truth", "",
            "Written by `bench/quality/run.py` — do not edit by hand. "
@@ -157,7 +167,7 @@ def report(results: list[dict], sheet: list[str], args, elapsed: float) -> str:
            "SAD and gradient error are /1000, MSE as is, connectivity /1000 "
            "(Rhemann et al. 2009); *band* = the unknown region "
            "(partial alpha ± 1.5 coarse px). `vs bil.` = ratio to bilinear. "
-           "Cases: " + "; ".join(f"{', '.join(k)} at {w}x{h}" for (w, h), k in SIZES.items()) + ".", ""]
+           "Cases: " + _cases(results) + ".", ""]
     out += ["| case | method | band SAD | vs bil. | band grad | vs bil. | band MSE | band conn "
             "| SAD | MSE | grad | conn | s/MP |", "|" + "---|" * 13]
     for r in results:

@@ -6,7 +6,8 @@ are solved at the model's resolution against a downscaled guide, then
 upsampled and applied to the full-resolution image. The matte thus follows the
 real image edges at every pixel while the costly solve stays at ~1 MP.
 OpenCV's ximgproc guidedFilter (contrib) only filters at one resolution, which
-is why the low-res/high-res split is written here. Edge colours
+is why the low-res/high-res split is written here. hq's band matting is in
+hq.py (re-exported here), edge colours
 (decontamination) are in decontaminate.py.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from .hq import HQ_MARGIN, HQ_TAU, HQ_TILE, hq_tile, hq_tiles, hq_weight  # noqa: F401 (the pipeline's names)
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,7 @@ def edge_gate(coarse: np.ndarray) -> np.ndarray:
     Edge width ~ sum|grad p| / sum|laplacian p| over a window: for a step
     blurred by a Gaussian of sigma s the ratio is ~1.25 s, so it measures
     how many coarse pixels an edge spans. The gate is eroded so the toes of
-    a smooth ramp (where the ratio dips) stay bilinear too, and multiplied
-    by flatness_gate (flat places, where the ratio says nothing)."""
+    a smooth ramp (where the ratio dips) stay bilinear too."""
     # OpenCV calls writing in place where they can: at 1024² each fresh
     # array is 4 MB of pages to fault in.
     ps = cv2.GaussianBlur(coarse, (0, 0), 0.8)
@@ -179,43 +181,50 @@ def edge_gate(coarse: np.ndarray) -> np.ndarray:
     g *= np.float32(-1.0 / (GATE_HI - GATE_LO))
     g += np.float32(GATE_HI / (GATE_HI - GATE_LO))
     np.clip(g, 0, 1, out=g)
-    g = _box(cv2.erode(g, np.ones((7, 7), np.uint8), borderType=cv2.BORDER_REFLECT), 3)
-    return cv2.multiply(g, flatness_gate(coarse), dst=g)
+    return _box(cv2.erode(g, np.ones((7, 7), np.uint8), borderType=cv2.BORDER_REFLECT), 3)
 
 
 # Flat coarse matte (issue 21): where the coarse matte changes by less than
 # FLAT_LO (fully) to FLAT_HI (not at all) over 3x3 coarse pixels, it already
-# draws what is there: the inside of a plateau, the background, the toes of
-# an edge. The filter's windows (5x5 on the <=448 grid: ~11 coarse pixels
-# at 1024) reach into such places from a nearby edge and write the image's
-# texture there; on a 20% plateau that cost more than the edge gained.
-# Near-opaque pixels keep the filter, as in _evidence (sub-pixel holes).
+# draws what is there: the inside of a plateau, the background, the inside
+# of the subject, the toes of an edge. The filter's windows (5x5 on the
+# <=448 grid: ~11 coarse pixels at 1024) reach into such places from a
+# nearby edge and wrote the image's texture there; on a 20% plateau that
+# cost more than its outline gained. A hole or strand the coarse matte
+# shows by more than a few levels is not flat. The evidence test (_evidence)
+# is needed only within the filter's reach of a flat *partial* plateau
+# (veil, shadow, tinted glass: texture behind alpha); elsewhere (hair, fur,
+# solid outlines) it cost up to 4% of the gain and is not applied.
 # Measured on bench/quality (RESULTS.md, SEE_THROUGH.md): 1.5-4 levels, smoothed over 5x5.
 FLAT_LO, FLAT_HI = 1.5 / 255, 4.0 / 255
 
 
-def flatness_gate(coarse: np.ndarray) -> np.ndarray:
-    """0..1 per coarse pixel: 0 where the coarse matte is locally flat
-    (nothing for the image to add), 1 where it changes or is near opaque."""
+def coarse_gates(coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per coarse pixel, 0..1: the gate from the coarse matte alone (edge
+    width times flatness: 0 where the matte is flat, nothing for the image
+    to add), and how near a flat partial plateau it is (1: within the
+    filter's reach, where the evidence test applies)."""
     k = np.ones((3, 3), np.uint8)
-    f = cv2.dilate(coarse, k)
-    f -= cv2.erode(coarse, k)                           # local range
-    f -= np.float32(FLAT_LO)
-    f *= np.float32(1.0 / (FLAT_HI - FLAT_LO))
-    f = _box(np.clip(f, 0, 1, out=f), 2)
-    f[coarse >= 1 - OPAQUE] = 1
-    return f
+    rng = cv2.dilate(coarse, k)
+    rng -= cv2.erode(coarse, k)                          # local range
+    plateau = ((rng < FLAT_HI) & (coarse > OPAQUE) & (coarse < 1 - OPAQUE)).astype(np.uint8)
+    r = round(max(1.0, max(coarse.shape) / GRID) * (2 * RADIUS + DILATE))   # coarse px
+    plateau = cv2.dilate(plateau, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    flat = np.clip((rng - np.float32(FLAT_LO)) * np.float32(1.0 / (FLAT_HI - FLAT_LO)), 0, 1, out=rng)
+    gate = cv2.multiply(edge_gate(coarse), _box(flat, 2))
+    return gate, _box(plateau.astype(np.float32), 2)
 
 
 def upsampling_coefficients(guide_low: np.ndarray, coarse: np.ndarray,
                             gate: np.ndarray | None = None, pool=None, bands: int = 1) -> GuidedCoefficients:
     """Guided-filter coefficients on the coarse matte's grid with the gate
     folded in (a·g, b·g + p·(1-g)), so applying them costs the same and
-    gives plain bilinear wherever the gate is 0. The gate is the edge gate
-    (with the flatness gate folded in) times the fit's evidence (_evidence):
-    all must say the image knows more than the coarse matte. With a thread pool, the gate
-    is computed beside the solve (both are mostly OpenCV, which drops the GIL)."""
-    pending = pool.submit(edge_gate, coarse) if gate is None and pool is not None else None
+    gives plain bilinear wherever the gate is 0. The gate is coarse_gates'
+    (edge width, flatness) times, near flat partial plateaus, the fit's
+    evidence (_evidence): all must say the image knows more than the coarse
+    matte. With a thread pool, the gates
+    are computed beside the solve (both are mostly OpenCV, which drops the GIL)."""
+    pending = pool.submit(coarse_gates, coarse) if pool is not None else None
     coef = guided_coefficients(guide_low, coarse, pool=pool, bands=bands)
     # One 4-channel array (a_r, a_g, a_b, b), contiguous all the way: OpenCV
     # resizes, multiplies and later warps 4 channels in one SIMD pass (a
@@ -224,11 +233,15 @@ def upsampling_coefficients(guide_low: np.ndarray, coarse: np.ndarray,
     ab = cv2.merge([coef.a[..., 0], coef.a[..., 1], coef.a[..., 2], coef.b])
     if ab.shape[:2] != coarse.shape:
         ab = cv2.resize(ab, (coarse.shape[1], coarse.shape[0]), interpolation=cv2.INTER_LINEAR)
-    g = gate if gate is not None else (pending.result() if pending else edge_gate(coarse))
+    own, near = pending.result() if pending else coarse_gates(coarse)
+    g = own if gate is None else gate.copy()   # the caller's gate is not written
     ev = coef.evidence
     if ev.shape != coarse.shape:
         ev = cv2.resize(ev, (coarse.shape[1], coarse.shape[0]), interpolation=cv2.INTER_LINEAR)
-    g = cv2.multiply(g, ev)   # a fresh array: a gate passed in is the caller's
+    ev -= 1                     # evidence only near plateaus: 1 - near·(1 - ev)
+    ev *= near
+    ev += 1
+    cv2.multiply(g, ev, dst=g)
     # In place, one scratch array: each fresh 4-channel array is 16 MB at 1024²
     # whose pages the kernel must fault in, which costs as much as the arithmetic.
     scratch = cv2.merge([g, g, g, g])
@@ -367,54 +380,3 @@ def edge_controls(alpha: np.ndarray, opts: EdgeOptions) -> np.ndarray:
             k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
             out = cv2.dilate(out, k) if opts.shift_px > 0 else cv2.erode(out, k)
     return out
-
-
-# -- hq mode: matting on the uncertain band ----------------------------------
-# After guided upsampling, alpha is re-estimated on the band from the colour
-# model I = aF + (1-a)B (Porter & Duff 1984): F and B are estimated from the
-# upsampled matte by blur fusion (Forte & Pitié 2021, decontaminate.py),
-# then alpha is the projection of I - B on F - B, as in sampling-based
-# matting (Chuang et al., CVPR 2001; Gastal & Oliveira 2010). Where F and B
-# are close in colour the projection is unreliable, so it is weighted by
-# |F-B|^2 / (|F-B|^2 + HQ_TAU). Tiled so memory stays bounded and both cores
-# work (OpenCV's filters release the GIL; nothing is JIT-compiled, so the
-# first request costs what any does). Closed-form matting (Levin et al. 2008)
-# on the same band was measured too: ~7 s/MP for a smaller gain.
-HQ_TILE = 512
-HQ_MARGIN = 24
-HQ_TAU = 0.1   # blur fusion separates F and B more than a global solve: trust it less
-
-
-def hq_weight(coarse: np.ndarray, gate: np.ndarray) -> np.ndarray:
-    """Low-res map of where hq re-estimates alpha: the coarse matte's
-    uncertain band (trimap unknown), where the edge is sub-resolution."""
-    unknown = ((coarse > 0.01) & (coarse < 0.99)).astype(np.uint8)
-    unknown = cv2.dilate(unknown, np.ones((3, 3), np.uint8))
-    return (gate * unknown).astype(np.float32)
-
-
-def hq_tiles(weight_low: np.ndarray, w: int, h: int) -> list[tuple[int, int, int, int]]:
-    """Full-res tiles (y0, y1, x0, x1) that touch the band."""
-    sy, sx = weight_low.shape[0] / h, weight_low.shape[1] / w
-    tiles = []
-    for y0 in range(0, h, HQ_TILE):
-        for x0 in range(0, w, HQ_TILE):
-            y1, x1 = min(h, y0 + HQ_TILE), min(w, x0 + HQ_TILE)
-            ly0, lx0 = int(y0 * sy), int(x0 * sx)
-            ly1, lx1 = int(np.ceil(y1 * sy)) + 1, int(np.ceil(x1 * sx)) + 1
-            if weight_low[ly0:ly1, lx0:lx1].max(initial=0) > 0:
-                tiles.append((y0, y1, x0, x1))
-    return tiles
-
-
-def hq_tile(image: np.ndarray, alpha: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Alpha re-estimated by colour-line projection on one tile (with context)."""
-    from .decontaminate import foreground_background
-
-    F, B = foreground_background(image, alpha)
-    d = F - B
-    n2 = np.einsum("ijk,ijk->ij", d, d)
-    proj = np.einsum("ijk,ijk->ij", image - B, d) / (n2 + 1e-4)
-    np.clip(proj, 0, 1, out=proj)
-    c = weight * (n2 / (n2 + HQ_TAU))
-    return alpha + c * (proj - alpha)
