@@ -5,16 +5,13 @@ Two estimates, for two kinds of soft region:
 - Along edges (strands, outlines, blur ramps): blur fusion (Forte & Pitié,
   ICIP 2021; box filters, no compiled kernels, so no first-use compilation),
   averaged locally toward the nearly opaque pixels (estimate_foreground),
-  only on tiles that hold partial alpha.
-- Inside wide see-through areas (glass, veils, smoke): I alone cannot say how
-  much of a slow colour change is the object's tint and how much is the
-  background behind it, so the answer depends on a prior. tint_prior measures
-  that prior on the layer itself: how much the colour varies between
-  pixels a fixed distance apart where F is seen unmixed (opaque) and where
-  B is (clear). F and B are solved jointly on a coarse grid with smoothness
-  weights in that ratio, and F from that solve replaces the edge estimate in
-  the middle of the area: fully once the object's colour varies 4x less than
-  the background's, not at all when it varies as much or more.
+  only on tiles that hold partial alpha. The wide steps come from the coarse
+  grid and the local averages are taken on 1/2 and 1/4 grids: they are
+  blurs of 4-12 px, which such grids hold; only the per-pixel residual
+  steps run at full resolution.
+- Inside wide see-through areas (glass, veils, smoke): the tint prior
+  (tint.py), F from a joint solve of F and B on a coarse grid, replaces the
+  edge estimate in the middle of the area.
 """
 from __future__ import annotations
 
@@ -25,6 +22,7 @@ import cv2
 import numpy as np
 
 from .refine import resize_rows
+from .tint import TintPrior, tint_prior  # noqa: F401  (the prior is part of this stage's interface)
 
 DECON_SIGMA = 4.0     # px: reach of the foreground-colour averaging on a thin edge
 DECON_WIDE_SIGMA = 12.0  # px: the same where the soft region is wide (blur, glass)
@@ -34,157 +32,51 @@ DECON_TILE = 256      # columns per tile: only tiles with partial pixels are com
 BF_RADII = (90, 30, 6)   # blur fusion's box radii, full-res px: all but the last on the coarse grid
 HQ_RADII = (6, 2) + (1,) * 8   # hq's last steps: small boxes so B follows the background's texture
 PARTIAL = (0.004, 0.996)   # alpha strictly inside these: mixed colours (about 1/255 from either end)
-
-TINT_GRID = 160       # long side of the joint solve's grid
-TINT_WIDE = 3.0       # grid px from the nearest sure pixel where an area counts as wide
-TINT_ROUGH = (0.015, 0.03)  # alpha's departure from its own blur: see-through below, strands above
-TINT_MIN_PIXELS = 64  # wide soft pixels (on the given grid) worth a solve
-TINT_RATIO = (1.0, 4.0)    # variance ratio B/F: no prior at or below, full weight at or above
-TINT_RATIO_CAP = 1000.0    # beyond this the solve is already as smooth as it gets
-TINT_LAMBDA = 0.01    # smoothness weight of B against the data term (F gets ratio times it)
-TINT_MIN_PAIRS = 32   # pixel pairs each variance needs
-TINT_RTOL, TINT_MAXITER = 1e-6, 3000   # the joint solve's conjugate gradients
-
-
-@dataclass(frozen=True)
-class TintPrior:
-    """F from the joint solve and how far to trust it (channel 3, 0..1), on
-    the grid tint_prior was given; rows() brings it to full resolution."""
-
-    field: np.ndarray    # h x w x 4 float32: F (3 channels) and strength
-
-    def rows(self, full_w: int, full_h: int, y0: int, y1: int,
-             x0: int = 0, x1: int | None = None) -> np.ndarray:
-        return resize_rows(self.field, full_w, full_h, y0, y1, x0, x1)
-
-
-def _variance_at(x: np.ndarray, mask: np.ndarray, d: int) -> tuple[float, int]:
-    """Mean squared colour difference of mask pixels d apart (4 directions)."""
-    h, w = mask.shape
-    total, n = 0.0, 0
-    for dy, dx in ((0, d), (d, 0), (d, d), (d, -d)):
-        if dy >= h or abs(dx) >= w:
-            continue
-        xa, xb = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-        a, b = (slice(0, h - dy), xa), (slice(dy, h), xb)
-        both = mask[a] & mask[b]
-        diff = x[a][both] - x[b][both]
-        total += float(np.einsum("ij,ij->", diff, diff))
-        n += diff.shape[0]
-    return (total / n if n else 0.0), n
-
-
-def _variance_ratio(image: np.ndarray, alpha: np.ndarray) -> float | None:
-    """How much more the background's colour varies than the foreground's,
-    at an eighth of the area's size; None when either is barely seen."""
-    clear = alpha <= 0.05
-    clear &= cv2.distanceTransform(clear.astype(np.uint8), cv2.DIST_L2, 3) > 1.5
-    d = max(2, round(max(alpha.shape) / 8))
-    vf, nf = _variance_at(image, alpha >= 0.95, d)
-    vb, nb = _variance_at(image, clear, d)
-    if nf < TINT_MIN_PAIRS or nb < TINT_MIN_PAIRS:
-        return None
-    return min(TINT_RATIO_CAP, vb / max(vf, 1e-9))
-
-
-def _joint_solve(image: np.ndarray, alpha: np.ndarray, ratio: float) -> np.ndarray:
-    """argmin over F, B of |aF + (1-a)B - I|² + λ(ratio·|∇F|² + |∇B|²), per channel."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import cg
-
-    h, w = alpha.shape
-    n = h * w
-    idx = np.arange(n).reshape(h, w)
-    pairs = [(idx[:, :-1].ravel(), idx[:, 1:].ravel()), (idx[:-1].ravel(), idx[1:].ravel())]
-    i0 = np.concatenate([p[0] for p in pairs])
-    i1 = np.concatenate([p[1] for p in pairs])
-    k = np.arange(len(i0))
-    grad = sp.csr_matrix((np.r_[np.ones(len(k)), -np.ones(len(k))], (np.r_[k, k], np.r_[i0, i1])),
-                         shape=(len(k), n))
-    lap = (grad.T @ grad).tocsr()
-    a = alpha.ravel().astype(np.float64)
-    da, db = sp.diags(a), sp.diags(1 - a)
-    system = sp.bmat([[da @ da + TINT_LAMBDA * ratio * lap, da @ db],
-                      [db @ da, db @ db + TINT_LAMBDA * lap]]).tocsr()
-    # Conjugate gradients (the system is symmetric positive definite), from
-    # F = B = I, with a Jacobi preconditioner: a direct solve of a 256² grid
-    # needed ~390 MB for its factors, this needs a few vectors.
-    inv_diag = sp.diags(1.0 / system.diagonal())
-    out = np.empty((h, w, 3), np.float32)
-    for c in range(3):
-        i = image[..., c].ravel().astype(np.float64)
-        x, _ = cg(system, np.r_[a * i, (1 - a) * i], x0=np.r_[i, i], rtol=TINT_RTOL,
-                  maxiter=TINT_MAXITER, M=inv_diag)
-        out[..., c] = x[:n].reshape(h, w)
-    return np.clip(out, 0, 1, out=out)
-
-
-def tint_prior(image: np.ndarray, alpha: np.ndarray) -> TintPrior | None:
-    """A smooth foreground colour for the layer's wide see-through areas,
-    from a coarse image and matte (the model's grid); None where there is no
-    such area or its colour is not measurably steadier than the background's."""
-    a = np.asarray(alpha, np.float32)
-    soft = ((a > 0.02) & (a < 0.98)).astype(np.uint8)
-    inside = cv2.distanceTransform(soft, cv2.DIST_L2, 3)
-    # A see-through area's alpha is smooth; over hair or fur it is a mesh of
-    # strands, whose colours the edge estimate keeps far better.
-    rough = cv2.boxFilter(np.abs(a - cv2.GaussianBlur(a, (0, 0), 1.5)), -1, (5, 5))
-    lo, hi = TINT_ROUGH
-    area = np.clip(inside / TINT_WIDE, 0, 1) * np.clip((hi - rough) / (hi - lo), 0, 1)
-    wide = area >= 1
-    if wide.sum() < TINT_MIN_PIXELS:
-        return None
-    h, w = a.shape
-    ys, xs = np.nonzero(wide)
-    m = max(8, round(0.05 * max(h, w)))       # room to see F and B unmixed around the area
-    y0, y1 = max(0, ys.min() - m), min(h, ys.max() + m + 1)
-    x0, x1 = max(0, xs.min() - m), min(w, xs.max() + m + 1)
-    s = min(1.0, TINT_GRID / max(y1 - y0, x1 - x0))
-    size = (max(1, round((x1 - x0) * s)), max(1, round((y1 - y0) * s)))
-    crop_i = np.ascontiguousarray(image[y0:y1, x0:x1], np.float32)
-    crop_a = np.ascontiguousarray(a[y0:y1, x0:x1])
-    ratio = _variance_ratio(crop_i, crop_a)   # on the given grid: a thin rim must not vanish
-    if ratio is None:
-        return None
-    small_i = cv2.resize(crop_i, size, interpolation=cv2.INTER_AREA) if s < 1 else crop_i
-    small_a = cv2.resize(crop_a, size, interpolation=cv2.INTER_AREA) if s < 1 else crop_a
-    lo, hi = TINT_RATIO
-    weight = float(np.clip(np.log(ratio / lo) / np.log(hi / lo), 0, 1))
-    if weight == 0:
-        return None
-    f = _joint_solve(small_i, small_a, ratio)
-    if s < 1:
-        f = cv2.resize(f, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    field = np.zeros((h, w, 4), np.float32)
-    field[y0:y1, x0:x1, :3] = f
-    # Strength: 0 on the area's outline and over strands (the edge estimate is
-    # better there), full TINT_WIDE px into smooth alpha; nothing outside the solve.
-    field[y0:y1, x0:x1, 3] = area[y0:y1, x0:x1] * weight
-    return TintPrior(field)
+THIN_STEP, WIDE_STEP = 2, 4   # grid steps (full-res px) of the DECON_SIGMA and DECON_WIDE_SIGMA averages
+ALIGN = WIDE_STEP     # windows start on multiples of this, so neighbouring tiles' grids coincide
 
 
 def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT)
 
 
+def _three(a: np.ndarray) -> np.ndarray:
+    """A plane as three equal channels. numpy broadcasting a[..., None] over
+    a last axis of 3 runs its inner loop 3 elements long: ~20x slower per
+    product than two arrays of the same shape."""
+    return cv2.merge([a, a, a])
+
+
 def _means(image: np.ndarray, a: np.ndarray, f: np.ndarray, b: np.ndarray,
-           r: int) -> tuple[np.ndarray, np.ndarray]:
-    """One blur-fusion mean step: F weighted by alpha, B by 1 - alpha, box radius r."""
-    a3 = a[..., None]
-    ka = _box(a, r)[..., None]
-    fh = _box(f * a3, r) / np.maximum(ka, 1e-5)
-    bh = _box(b * (1 - a3), r) / np.maximum(1 - ka, 1e-5)
+           r: int, a3: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One blur-fusion mean step: F weighted by alpha, B by 1 - alpha, box radius r
+    (a3: _three(a) when the caller has it)."""
+    a3 = _three(a) if a3 is None else a3
+    ka = _three(_box(a, r))
+    fh = _box(f * a3, r)
+    fh /= np.maximum(ka, 1e-5)
+    bh = _box(b * (1 - a3), r)
+    bh /= np.maximum(1 - ka, 1e-5)
     return fh, bh
 
 
 def _fuse(image: np.ndarray, a: np.ndarray, fh: np.ndarray, bh: np.ndarray,
-          background: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+          background: bool = True, a3: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """F and B from their local means and the compositing residual
-    (F = F̂ + a·r, B = B̂ + (1-a)·r, r = I - aF̂ - (1-a)B̂)."""
-    a3 = a[..., None]
-    res = image - a3 * fh - (1 - a3) * bh
-    f = np.clip(fh + a3 * res, 0, 1)
-    return f, (np.clip(bh + (1 - a3) * res, 0, 1) if background else None)
+    (F = F̂ + a·r, B = B̂ + (1-a)·r, r = I - aF̂ - (1-a)B̂ = I - B̂ - a(F̂ - B̂))."""
+    a3 = _three(a) if a3 is None else a3
+    res = np.subtract(fh, bh)
+    res *= a3
+    np.subtract(image, res, out=res)
+    res -= bh
+    ar = res * a3
+    f = np.add(fh, ar)
+    np.clip(f, 0, 1, out=f)
+    if not background:
+        return f, None
+    b = np.add(bh, res)
+    b -= ar
+    return f, np.clip(b, 0, 1, out=b)
 
 
 @dataclass(frozen=True)
@@ -219,11 +111,31 @@ def _wide(i: np.ndarray, a: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray,
     return fh.astype(np.float32), bh.astype(np.float32)
 
 
-def _local_mean(x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian normalised convolution: the w-weighted local mean of x."""
-    num = cv2.GaussianBlur(x * w[..., None], (0, 0), sigma)
-    den = cv2.GaussianBlur(w, (0, 0), sigma)[..., None]
-    return np.where(den > 1e-4, num / np.maximum(den, 1e-4), x)
+def _down(x: np.ndarray, step: int) -> np.ndarray:
+    """Means of step x step blocks (the far edges replicated up to a multiple)."""
+    h, w = x.shape[:2]
+    ph, pw = -h % step, -w % step
+    if ph or pw:
+        x = cv2.copyMakeBorder(x, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+    return cv2.resize(x, ((w + pw) // step, (h + ph) // step), interpolation=cv2.INTER_AREA)
+
+
+def _up(x: np.ndarray, step: int, h: int, w: int) -> np.ndarray:
+    """_down's grid back to full resolution, bilinear, cropped to h x w."""
+    return cv2.resize(x, (x.shape[1] * step, x.shape[0] * step), interpolation=cv2.INTER_LINEAR)[:h, :w]
+
+
+def _local_mean(xw: np.ndarray, w: np.ndarray, sigma: float, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian normalised convolution on a grid of `step` px: the w-weighted
+    local mean of x (xw = x·w given) and the weights' own blur, both at full
+    resolution. The block means and the bilinear way back widen the blur by
+    about step/2 px, which the grid's sigma leaves out."""
+    h, w_ = w.shape
+    s = np.sqrt(max(sigma * sigma - step * step / 4, step * step / 16)) / step
+    num = cv2.GaussianBlur(_down(xw, step), (0, 0), s)
+    den = cv2.GaussianBlur(_down(w, step), (0, 0), s)
+    num /= _three(np.maximum(den, 1e-30))    # a weighted mean wherever any weight reached
+    return _up(num, step, h, w_), _up(den, step, h, w_)
 
 
 def partial(alpha: np.ndarray) -> np.ndarray:
@@ -251,10 +163,13 @@ def band_tiles(alpha: np.ndarray, y0: int = 0, y1: int | None = None) -> list[tu
 
 
 def window(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """The box DECON_MARGIN px larger each side, clipped to shape: what estimate_tile reads."""
+    """The box DECON_MARGIN px larger each side, clipped to shape, its start
+    on a multiple of ALIGN (so every window's coarse grids line up with
+    the layer's when the array starts on one): what estimate_tile reads."""
     y0, y1, x0, x1 = box
     m = DECON_MARGIN
-    return max(0, y0 - m), min(shape[0], y1 + m), max(0, x0 - m), min(shape[1], x1 + m)
+    return (max(0, y0 - m) // ALIGN * ALIGN, min(shape[0], y1 + m),
+            max(0, x0 - m) // ALIGN * ALIGN, min(shape[1], x1 + m))
 
 
 def estimate_tile(image: np.ndarray, alpha: np.ndarray, core: tuple[slice, slice],
@@ -264,19 +179,34 @@ def estimate_tile(image: np.ndarray, alpha: np.ndarray, core: tuple[slice, slice
     estimated, the others their own colour."""
     i = np.ascontiguousarray(image, np.float32)
     a = np.ascontiguousarray(alpha, np.float32)
-    f, b = _fuse(i, a, *means)
-    f, _ = _fuse(i, a, *_means(i, a, f, b, BF_RADII[-1]), background=False)
-    own = a ** (DECON_POWER // 2)                  # how much a pixel keeps its own estimate
-    wgt = own * own                                # alpha**DECON_POWER
-    thin, wide = _local_mean(f, wgt, DECON_SIGMA), _local_mean(f, wgt, DECON_WIDE_SIGMA)
+    h, w = a.shape
+    a3 = _three(a)
+    f, b = _fuse(i, a, *means, a3=a3)
+    f, _ = _fuse(i, a, *_means(i, a, f, b, BF_RADII[-1], a3), background=False, a3=a3)
+    own = cv2.multiply(a, a)
+    cv2.multiply(own, own, dst=own)               # alpha**4: how much a pixel keeps its own estimate
+    wgt = cv2.multiply(own, own)                  # alpha**DECON_POWER
+    fw = f * _three(wgt)
+    thin, den_thin = _local_mean(fw, wgt, DECON_SIGMA, THIN_STEP)
+    wide, den_wide = _local_mean(fw, wgt, DECON_WIDE_SIGMA, WIDE_STEP)
+    # Where no nearly opaque pixel is in reach, a pixel keeps its own estimate.
+    thin = cv2.copyTo(f, (den_thin <= 1e-4).view(np.uint8), thin)
+    wide = cv2.copyTo(f, (den_wide <= 1e-4).view(np.uint8), wide)
     # How much of the neighbourhood is soft: ~0 along a crisp outline, 1 inside a blur.
-    t = cv2.GaussianBlur(partial(a).astype(np.float32), (0, 0), DECON_WIDE_SIGMA)
-    t = np.clip((t - 0.5) / 0.4, 0, 1)[..., None]
-    own = own[..., None]
-    f = own * f + (1 - own) * (thin + t * (wide - thin))
+    s = np.sqrt(DECON_WIDE_SIGMA ** 2 - WIDE_STEP ** 2 / 4) / WIDE_STEP
+    t = cv2.GaussianBlur(_down(partial(a).view(np.uint8).astype(np.float32), WIDE_STEP), (0, 0), s)
+    t = np.clip((_up(t, WIDE_STEP, h, w) - 0.5) / 0.4, 0, 1)
+    # f = own·f + (1 - own)·(thin + t·(wide - thin)), in place.
+    wide -= thin
+    wide *= _three(t)
+    wide += thin
+    f -= wide
+    f *= _three(own)
+    f += wide
     if prior is not None:
-        f += prior[..., 3:] * (prior[..., :3] - f)
-    return np.where(partial(a[core])[..., None], f[core], i[core])
+        f += _three(np.ascontiguousarray(prior[..., 3])) * (prior[..., :3] - f)
+    out = i[core].copy()
+    return cv2.copyTo(f[core], partial(a[core]).view(np.uint8), out)
 
 
 def strip_colours(alpha: np.ndarray, y0: int, y1: int, read: Callable[[int, int, int, int], np.ndarray],
@@ -293,6 +223,46 @@ def strip_colours(alpha: np.ndarray, y0: int, y1: int, read: Callable[[int, int,
         p = None if prior is None else prior.rows(w, h, top + b0, top + b1, c0, c1)
         yield box, estimate_tile(read(b0, b1, c0, c1), alpha[b0:b1, c0:c1], core,
                                  means.rows(w, h, top + b0, top + b1, c0, c1), p)
+
+
+def layer_colours(matte: np.ndarray, colour: np.ndarray, fmt, fg: np.ndarray, guide: np.ndarray,
+                  pool, strip_rows: int, check: Callable[[], None] = lambda: None,
+                  progress: Callable[[float], None] = lambda f: None) -> None:
+    """The pipeline's decontamination stage, after the matte: fg (h x w x 3,
+    holding the pixels' own colours) gets estimated colours on the partial
+    band, strip by strip on the pool. matte: as delivered (8/16-bit);
+    colour: the layer's colour view as it shows (formats.split); guide: the
+    same on the coarse grid, float RGB. The tint prior and the wide means are
+    taken from the delivered matte brought to the guide's grid, so colours
+    are estimated for the alpha the user gets (edge controls, layer alpha),
+    and only the band's windows are converted to float. strip_rows must be a
+    multiple of ALIGN (the windows' grids then line up across strips)."""
+    from . import formats
+
+    h, w = matte.shape
+    top = float(np.iinfo(matte.dtype).max)
+    fmax = float(np.iinfo(fg.dtype).max)
+    small = cv2.resize(matte, (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA)
+    small = np.multiply(small, np.float32(1 / top), dtype=np.float32)
+    prior = tint_prior(guide, small)
+    means = wide_means(guide, small, w)
+    starts = range(0, h, strip_rows)
+    done = [0]
+
+    def strip(y0: int, y1: int) -> None:
+        check()
+        a0, a1 = max(0, y0 - DECON_MARGIN), min(h, y1 + DECON_MARGIN)
+        a = np.multiply(matte[a0:a1], np.float32(1 / top), dtype=np.float32)
+
+        def read(b0: int, b1: int, c0: int, c1: int) -> np.ndarray:
+            return formats.to_float(colour[a0 + b0:a0 + b1, c0:c1], fmt)
+        for (r0, r1, c0, c1), est in strip_colours(a, y0 - a0, y1 - a0, read, means, prior, (w, h, a0)):
+            fg[a0 + r0:a0 + r1, c0:c1] = np.clip(est * fmax + 0.5, 0, fmax).astype(fg.dtype)
+        done[0] += 1
+        progress(done[0] / len(starts))
+
+    for f in [pool.submit(strip, y, min(h, y + strip_rows)) for y in starts]:
+        f.result()
 
 
 def foreground_background(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

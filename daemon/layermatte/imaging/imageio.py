@@ -23,6 +23,11 @@ Image.MAX_IMAGE_PIXELS = 250_000_000  # decompression-bomb guard, same as the da
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 OUTPUT_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
                   ".jpg": "JPEG", ".jpeg": "JPEG"}   # JPEG: no alpha (cut --bg-color flattens)
+# 8-bit PNG: zlib level 1 with run-length matching only (Z_RLE) after PNG's
+# row filters. On the 4096x4096 cut-out (bench/bench_cut.py, RESULTS.md)
+# Pillow's default (level 6) took ~4x as long for ~5 % fewer bytes: a
+# filtered photo leaves deflate little to find beyond runs.
+PNG_OPTIONS = {"compress_level": 1, "compress_type": 3}   # 3: zlib's Z_RLE
 
 
 @dataclass
@@ -115,4 +120,6 @@ def write(path: Path, pixels: np.ndarray, icc_profile: bytes | None = None) -> N
                 kwargs.update(compression="tiff_adobe_deflate")
             if fmt == "JPEG":
                 kwargs.update(quality=95)
+            if fmt == "PNG":
+                kwargs.update(PNG_OPTIONS)
             im.save(tmp, format=fmt, **kwargs)

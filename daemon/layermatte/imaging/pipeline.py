@@ -301,13 +301,10 @@ def _refine(layer, pixels, fmt, opts, coarse, model, pool, n, timer, check, prog
         fg = None
         if opts.return_foreground:
             fg = np.empty((h, w, 3), np.uint8 if fmt.dtype == np.uint8 else np.uint16)
-        # Rows of context each strip reads: the edge controls' reach, and
-        # decontamination's when it runs.
+        # Rows of context each strip reads: the edge controls' reach.
         halo = opts.edges.halo()
-        prior = None
-        if opts.decontaminate and fg is not None:
-            halo = max(halo, decontaminate.DECON_MARGIN)
-            prior = decontaminate.tint_prior(coarse.guide, coarse.matte)   # both RGB, as strips read
+        decon = opts.decontaminate and fg is not None
+        span = 0.08 if decon else 0.15    # progress share of the matte strips
         strips = [(y, min(h, y + STRIP_ROWS)) for y in range(0, h, STRIP_ROWS)]
         done = [0]
         lock = threading.Lock()
@@ -315,37 +312,40 @@ def _refine(layer, pixels, fmt, opts, coarse, model, pool, n, timer, check, prog
         def strip(y0: int, y1: int) -> None:
             check()
             a0, a1 = max(0, y0 - halo), min(h, y1 + halo)
-            # The float image only where colours are computed or the coefficients need it.
-            need = (fg is not None and (opts.decontaminate or colour.dtype != fg.dtype)) or \
-                (full is None and coef is not None and not direct)
+            # The float image only where the coefficients need it (decontamination
+            # converts the partial band's windows itself, afterwards).
+            need = full is None and coef is not None and not direct
             guide = formats.to_float(colour[a0:a1], fmt) if need else None
             q = full[a0:a1] if full is not None else raw(a0, a1, guide)
             q = refine.edge_controls(q, opts.edges)
             if fmt.has_alpha and not opts.ignore_layer_alpha:
                 q = backdrop.limit(q, layer[a0:a1], fmt)
-            around = q
             q = q[y0 - a0: y0 - a0 + (y1 - y0)]
             if out_dtype == np.uint8:   # q is in 0..1: OpenCV's rounding conversion, one pass
                 matte[y0:y1] = cv2.convertScaleAbs(q, alpha=255.0)
             else:
                 matte[y0:y1] = (q * out_max + 0.5).astype(out_dtype)
             if fg is not None:
-                if not opts.decontaminate and colour.dtype == fg.dtype:
-                    fg[y0:y1] = own_colour[y0:y1]   # the layer's own colours (gray broadcast to RGB)
+                # The layer's own colours (gray broadcast to RGB); with
+                # decontamination the colours as shown, whose partial band
+                # layer_colours replaces below.
+                if colour.dtype == fg.dtype:
+                    fg[y0:y1] = (colour if decon else own_colour)[y0:y1]
                 else:
-                    g = guide
-                    if opts.decontaminate:
-                        g = decontaminate.estimate_foreground(
-                            g, around, None if prior is None else prior.rows(w, h, a0, a1))
-                    g = g[y0 - a0: y0 - a0 + (y1 - y0)]
+                    g = formats.to_float(colour[y0:y1], fmt) if guide is None else guide[y0 - a0: y0 - a0 + (y1 - y0)]
                     fmax = 255.0 if fg.dtype == np.uint8 else 65535.0
                     fg[y0:y1] = np.clip(g * fmax + 0.5, 0, fmax).astype(fg.dtype)
             with lock:
                 done[0] += 1
-                progress("refine", 0.8 + 0.15 * done[0] / len(strips))
+                progress("refine", 0.8 + span * done[0] / len(strips))
 
         _all(pool, strip, strips)
     check()
+    if decon:
+        with timer("decontaminate"):
+            decontaminate.layer_colours(matte, colour, fmt, fg, coarse.guide, pool, STRIP_ROWS, check,
+                                        lambda f: progress("refine", 0.88 + 0.07 * f))
+        check()
     return MatteResult(matte=matte, foreground=fg, stage_ms=timer.ms, coarse=coarse,
                        model_id=model.spec.id if model else "", provider=model.provider if model else "")
 
