@@ -108,6 +108,11 @@ def tree(tmp_path, photos) -> Path:
     yy, xx = np.mgrid[:200, :240]
     disc = ((yy - 100) ** 2 + (xx - 120) ** 2 < 80 ** 2).astype(np.uint8) * 255
     Image.fromarray(np.dstack([photos["cat"][50:250, 100:340], disc])).save(root / "cutout.png")
+    # a photo turned on its layer (corners clear): fed upright, the matte turned back after
+    small = np.dstack([photos["coffee"][::2, ::2], np.full((200, 300), 255, np.uint8)])
+    turn = cv2.getRotationMatrix2D((150, 100), 20, 1.0)
+    turn[:, 2] += (60, 60)
+    Image.fromarray(cv2.warpAffine(small, turn, (420, 320), flags=cv2.INTER_LINEAR)).save(root / "turned.png")
     (root / "pets" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00not a png" * 20)
     (root / "notes.txt").write_text("not an image")
     return root
@@ -115,7 +120,7 @@ def tree(tmp_path, photos) -> Path:
 
 def assert_same_outputs(got: Path, want: Path) -> None:
     assert files(got) == files(want) == ["astronaut.png", "cutout.png", "pets/cat.png",
-                                         "pets/deep/coffee16.png"]
+                                         "pets/deep/coffee16.png", "turned.png"]
     for name in files(want):
         a, b = imageio.read(got / name).pixels, imageio.read(want / name).pixels
         assert a.shape == b.shape and a.dtype == b.dtype, name
@@ -135,7 +140,7 @@ def test_ray_batch_equals_local_batch_and_resumes(ray_cluster, daemon, tree, tmp
     p = cli(env, tree, remote, "--ray", ray_cluster)
     assert p.returncode == 3, p.stderr                           # the broken file, listed; rest done
     assert "failed pets/broken.png: " in p.stderr and "not a readable image" in p.stderr, p.stderr
-    assert "batch: 4 done, 0 already done, 1 failed (of 5)" in p.stderr, p.stderr
+    assert "batch: 5 done, 0 already done, 1 failed (of 6)" in p.stderr, p.stderr
     assert "2 nodes" in p.stderr and "CPU actors" in p.stderr, p.stderr
     assert_same_outputs(remote, local)
     assert not [f for f in remote.rglob(".*")], "temporary files left behind"
@@ -144,20 +149,20 @@ def test_ray_batch_equals_local_batch_and_resumes(ray_cluster, daemon, tree, tmp
     stamps = {f: (remote / f).stat().st_mtime_ns for f in files(remote)}
     (remote / "pets" / "cat.png").unlink()
     p = cli(env, tree, remote, "--ray", ray_cluster)
-    assert p.returncode == 3 and "1 done, 3 already done, 1 failed" in p.stderr, p.stderr
-    for f in ("astronaut.png", "cutout.png", "pets/deep/coffee16.png"):
+    assert p.returncode == 3 and "1 done, 4 already done, 1 failed" in p.stderr, p.stderr
+    for f in ("astronaut.png", "cutout.png", "pets/deep/coffee16.png", "turned.png"):
         assert (remote / f).stat().st_mtime_ns == stamps[f]
     assert_same_outputs(remote, local)
 
     # URL folders go through pyarrow.fs (the s3:// code path, here on file://).
     urls = tmp_path / "urls"
     p = cli(env, f"file://{tree}", f"file://{urls}", "--ray", ray_cluster)
-    assert p.returncode == 3 and "4 done, 0 already done, 1 failed" in p.stderr, p.stderr
+    assert p.returncode == 3 and "5 done, 0 already done, 1 failed" in p.stderr, p.stderr
     assert f"failed pets/broken.png: file://{tree}/pets/broken.png: not a readable image" in p.stderr
     assert_same_outputs(urls, local)
     assert not [f for f in urls.rglob(".*")], "temporary files left behind"
     p = cli(env, f"file://{tree}", f"file://{urls}", "--ray", ray_cluster)
-    assert p.returncode == 3 and "0 done, 4 already done, 1 failed" in p.stderr, p.stderr
+    assert p.returncode == 3 and "0 done, 5 already done, 1 failed" in p.stderr, p.stderr
 
 
 def test_without_ray_says_how_to_get_it(tree, tmp_path):

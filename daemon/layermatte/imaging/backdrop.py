@@ -23,6 +23,8 @@ cropped back to the layer (unpad). Opaque layers are fed as before.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -38,9 +40,10 @@ MARGIN = 0.2          # backdrop margin on each side, as a share of the layer's 
 
 class Shown(np.ndarray):
     """A composite that remembers its backdrop (RGB 0..1), so the model's
-    input can be padded with the same colour (None: a photo with a few clear
-    pixels, fed without a margin); a view, no copy."""
+    input can be padded with the same colour (None: a picture, fed without a
+    margin), and a picture's frame; a view, no copy."""
     backdrop: tuple[float, float, float] | None = None
+    frame: Frame | None = None        # a picture's rectangle (picture_frame): fed upright
 
 
 def has_transparency(pixels: np.ndarray, fmt: PixelFormat) -> bool:
@@ -100,12 +103,20 @@ def composite(pixels: np.ndarray, fmt: PixelFormat, rgb: tuple[float, float, flo
 
 def shown(pixels: np.ndarray, fmt: PixelFormat) -> np.ndarray:
     """The layer as it shows: itself when opaque (no copy), else composited
-    over the chosen backdrop."""
+    over the chosen backdrop. Objects on transparency and shapes with soft
+    alpha get the margin; pictures do not: framed in backdrop, a whole photo
+    reads as one object and its matte keeps the photo's background. Pictures
+    are photos with a few clear pixels (under CUT_OUT_SHARE), fed as they
+    show, and layers whose visible part is one solid rectangle
+    (picture_frame), fed upright."""
     if not has_transparency(pixels, fmt):
         return pixels
     rgb = choose(pixels, fmt)
     out = composite(pixels, fmt, rgb).view(Shown)
-    out.backdrop = rgb if is_cut_out(pixels, fmt) else None
+    a = cv2.extractChannel(pixels, fmt.channels - 1)
+    if np.count_nonzero(a < fmt.max_value) >= CUT_OUT_SHARE * a.size:
+        out.frame = picture_frame(a, fmt.max_value)
+        out.backdrop = rgb if out.frame is None else None
     return out
 
 
@@ -113,13 +124,87 @@ CUT_OUT_SHARE = 0.005  # of the layer's pixels less than opaque: a photo with a 
                        # not padded; the crispest corpus shape (0.95 %, clipping-mask Shape 3) is
 
 
-def is_cut_out(pixels: np.ndarray, fmt: PixelFormat) -> bool:
-    """Whether the layer is an object on transparency or a shape with soft
-    alpha (gets the padding margin), not a photo with a few clear pixels:
-    framed in backdrop, a whole photo reads as one object and its matte keeps
-    the photo's background."""
-    a = cv2.extractChannel(pixels, fmt.channels - 1)
-    return np.count_nonzero(a < fmt.max_value) >= CUT_OUT_SHARE * a.size
+RECT_FILL = 0.985   # visible share of the smallest enclosing rotated rectangle for a picture
+RECT_MIN_SIDE = 48  # px: a smaller rectangle is a shape (a button, a square), not a picture
+BOUNDS_SHARE = 0.9  # an upright rectangle over this share of the layer is the layer's own bounds
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A picture's rectangle on the layer (full-resolution px): its centre,
+    its upright size and the turn that sets it upright (degrees within +-45,
+    cv2.getRotationMatrix2D's sense).
+    A rotated or placed photo is matted upright, as the photo it is:
+    measured on three photos turned by 8/20/45 degrees, the matte of the
+    turned layer agreed with the upright photo's at 0.59-0.98 IoU as shown
+    over a backdrop (0.48-0.82 with the margin), at 0.92-0.998 fed upright."""
+    cx: float
+    cy: float
+    w: int
+    h: int
+    angle: float
+
+    def to_upright(self) -> np.ndarray:
+        """2x3 affine: layer px -> upright picture px."""
+        m = cv2.getRotationMatrix2D((self.cx, self.cy), self.angle, 1.0)
+        m[0, 2] += (self.w - 1) / 2.0 - self.cx
+        m[1, 2] += (self.h - 1) / 2.0 - self.cy
+        return m
+
+    def upright(self, pixels: np.ndarray) -> np.ndarray:
+        """The picture turned upright and cropped to its rectangle (edge pixels repeated)."""
+        return cv2.warpAffine(pixels, self.to_upright(), (self.w, self.h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    def grid_map(self, layer_w: int, layer_h: int, size: int) -> tuple[float, ...]:
+        """2x3 affine from the layer's size x size model grid to the upright
+        picture's (pixel centres aligned as cv2.resize aligns them), flattened."""
+        def px_to_grid(w: int) -> tuple[float, float]:    # g = (x + 0.5) * size / w - 0.5
+            return size / w, 0.5 * size / w - 0.5
+        sx, tx = px_to_grid(layer_w)
+        sy, ty = px_to_grid(layer_h)
+        grid_to_layer = np.array([[1 / sx, 0, -tx / sx], [0, 1 / sy, -ty / sy], [0, 0, 1]])
+        ux, utx = px_to_grid(self.w)
+        uy, uty = px_to_grid(self.h)
+        up_to_grid = np.array([[ux, 0, utx], [0, uy, uty], [0, 0, 1]])
+        m = up_to_grid @ np.vstack([self.to_upright(), [0, 0, 1]]) @ grid_to_layer
+        return tuple(float(v) for v in m[:2].ravel())
+
+
+def picture_frame(alpha: np.ndarray, top: float) -> Frame | None:
+    """The rectangle, at any angle, that the visible part (alpha >= 1/2) fills
+    solidly, found on a copy at most SAMPLE px long; None for any other shape
+    (a rounded button fills ~97 % of its rectangle, a turned photo over 99 %)
+    and for an upright rectangle that is the layer's own bounds (a rectangle
+    shape, a layer with feathered edges: corpus layers that need the margin)."""
+    h, w = alpha.shape
+    f = min(1.0, SAMPLE / max(h, w))
+    small = alpha if f == 1.0 else cv2.resize(alpha, (max(1, round(w * f)), max(1, round(h * f))),
+                                              interpolation=cv2.INTER_AREA)
+    mask = (small >= top / 2).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if len(contours) != 1:
+        return None
+    (cx, cy), (rw, rh), angle = cv2.minAreaRect(contours[0])
+    # minAreaRect bounds pixel centres: the pixels' own area is a half pixel more each side
+    if min(rw, rh) / f < RECT_MIN_SIDE or np.count_nonzero(mask) < RECT_FILL * (rw + 1) * (rh + 1):
+        return None
+    while angle > 45:          # the same rectangle, turned by less
+        angle, rw, rh = angle - 90, rh, rw
+    while angle <= -45:
+        angle, rw, rh = angle + 90, rh, rw
+    if abs(angle) < 1.0 and (rw + 1) * (rh + 1) > BOUNDS_SHARE * mask.size:
+        return None    # upright and filling the layer: a shape or a feathered layer (margin as before)
+    sx, sy = w / small.shape[1], h / small.shape[0]
+    return Frame((cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5,
+                 max(1, round((rw + 1) * sx)), max(1, round((rh + 1) * sy)), float(angle))
+
+
+def to_layer_grid(matte: np.ndarray, grid_map: tuple[float, ...]) -> np.ndarray:
+    """The model's matte of the upright picture, back on the layer's grid (0 outside it)."""
+    m = np.array(grid_map, np.float64).reshape(2, 3)
+    return cv2.warpAffine(matte, m, (matte.shape[1], matte.shape[0]),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
 
 
 def inner_box(size: int) -> tuple[int, int]:
@@ -159,3 +244,10 @@ def limit(q: np.ndarray, rows: np.ndarray, fmt: PixelFormat) -> np.ndarray:
         return np.minimum(q, a.astype(np.float32) * np.float32(1.0 / fmt.max_value))
     # Float layers may carry alpha outside 0..1.
     return np.minimum(q, np.clip(rows[..., -1], 0.0, 1.0).astype(np.float32))
+
+
+def to_layer(matte: np.ndarray, padded: bool, grid_map: tuple[float, ...] | None) -> np.ndarray:
+    """The model's matte on the layer's grid, whichever way the layer was fed."""
+    if grid_map is not None:
+        return to_layer_grid(matte, grid_map)
+    return unpad(matte) if padded else matte

@@ -75,31 +75,37 @@ class ModelInput:
     small: np.ndarray | None = None   # what guide is made from, in the layer's dtype
     fmt: PixelFormat | None = None
     padded: bool = False              # the tensor has a backdrop margin (backdrop.pad)
+    frame: tuple[float, ...] | None = None   # the tensor is a picture turned upright (backdrop.Frame.grid_map)
 
     def coarse(self, matte: np.ndarray) -> np.ndarray:
-        """The model's matte on the guide's grid (the margin cropped off)."""
-        return backdrop.unpad(matte) if self.padded else matte
+        """The model's matte on the guide's grid (the margin cropped off, a picture turned back)."""
+        return backdrop.to_layer(matte, self.padded, self.frame)
 
 
 def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
                 layer_alpha: bool = True, pad: bool = True) -> ModelInput:
     """layer_alpha: the model sees the layer as it shows (backdrop.shown);
     False (ignore_layer_alpha) feeds the colours as stored. A layer shown
-    over a backdrop gets a margin of it (pad=False: not), which
-    ModelInput.coarse crops off the model's matte again."""
+    over a backdrop gets a margin of it, a picture on transparency is fed
+    turned upright (pad=False: neither); ModelInput.coarse undoes either on
+    the model's matte."""
     if layer_alpha:
         pixels = backdrop.shown(pixels, fmt)
     rgb = getattr(pixels, "backdrop", None) if pad else None
+    frame = getattr(pixels, "frame", None) if pad else None
     pixels = np.asarray(pixels)
     pre = spec.preprocess
     s = pre.input_size
     small = _area_colour(pixels, fmt, s, s)
-    fed = small
+    fed, grid = small, None
     if rgb is not None:
         side = backdrop.inner_box(s)[1]
         fed = backdrop.pad(_area_colour(pixels, fmt, side, side), fmt, rgb, s)
+    elif frame is not None:
+        fed = _area_colour(frame.upright(pixels), fmt, s, s)
+        grid = frame.grid_map(pixels.shape[1], pixels.shape[0], s)
     h = hashlib.blake2b(digest_size=20)
-    h.update(f"{spec.id}\0{fmt.name}\0{pixels.shape}\0{small.dtype}\0{rgb}\0".encode())
+    h.update(f"{spec.id}\0{fmt.name}\0{pixels.shape}\0{small.dtype}\0{rgb}\0{grid}\0".encode())
     h.update(memoryview(np.ascontiguousarray(fed)).cast("B"))
     low = formats.to_float(small, fmt)
     # (v/max*255 - mean)/std as one multiply-add per plane, written straight
@@ -113,7 +119,7 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
         scale = unit / pre.std[c]
         np.multiply(plane, np.float32(scale), out=tensor[0, c], casting="unsafe")
         tensor[0, c] -= np.float32(pre.mean[c] / pre.std[c])
-    return ModelInput(tensor, low, h.digest(), small, fmt, rgb is not None)
+    return ModelInput(tensor, low, h.digest(), small, fmt, rgb is not None, grid)
 
 
 def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,

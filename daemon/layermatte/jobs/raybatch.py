@@ -166,7 +166,8 @@ def _read(row: dict, *, src_root, out_root, fmt, options, spec) -> dict:
         # model_input reads only the model's spec: no weights needed here
         fed = pipeline.model_input(pixels, _pixel_format(pixels), spec,
                                    layer_alpha=not options.ignore_layer_alpha)
-        row.update(tensor=fed.tensor.tobytes(), padded=fed.padded, data=data)
+        row.update(tensor=fed.tensor.tobytes(), padded=fed.padded,
+                   frame=list(fed.frame) if fed.frame else None, data=data)
     except Exception as e:
         row["error"] = _describe(e, job, src_root)
     row["seconds"] = time.perf_counter() - t0
@@ -205,9 +206,10 @@ def _finish(row: dict, *, src_root, out_root, fmt, options, input_size) -> dict:
     t0, job, error = time.perf_counter(), None, row["error"]
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     coarse = np.frombuffer(row["coarse"], np.float32).reshape(row["coarse_h"], row["coarse_w"])
-    if row.get("padded") and coarse.size:   # a layer with transparency had a backdrop margin
+    if coarse.size and (row.get("padded") or row.get("frame")):   # fed with a margin, or upright
         from ..imaging import backdrop
-        coarse = np.ascontiguousarray(backdrop.unpad(coarse))
+        frame = tuple(row["frame"]) if row.get("frame") else None
+        coarse = np.ascontiguousarray(backdrop.to_layer(coarse, bool(row.get("padded")), frame))
 
     def matte(pixels, opts, progress=None) -> MatteReply:
         f = _pixel_format(pixels)   # the guide on the model's input grid, as pipeline.run makes it
