@@ -3,7 +3,6 @@ layer shows. Real ISNet model, real daemon, real CLI on real files."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
 
 import cv2
@@ -157,55 +156,8 @@ def test_psd_layer_with_transparency(daemon, cutout, tmp_path):
         assert_keeps_what_it_shows(np.rint(canvas), want[..., 3])
 
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "psd-corpus" / "tests" / "psd_files"
-# Corpus layers that still lose part of their opaque area, and why (measured 2026-12-03).
-KNOWN = {
-    ("adjustments/adjustment_nested_composition_1.psd", "Layer 8"):
-        "a soft glow: 12 % opaque, 81 % partly transparent; the model keeps its rim only",
-    ("background-red-opacity-80.psd", "Layer 0"): "a flat blue area filling most of the document: read as background",
-    ("transparentbg-gimp.psd", "Фон"): "a 40x40 white square, too small and plain for the model to call a subject",
-}
-
-
-def corpus_cutouts() -> list[tuple[str, str, np.ndarray]]:
-    """Every pixel layer of the corpus with both opaque and transparent
-    pixels, as RGBA8; identical copies of a layer once."""
-    out, seen = [], set()
-    for p in sorted(CORPUS.rglob("*.ps[db]")):
-        try:
-            layers = [ly for ly in PSDImage.open(p).descendants() if ly.kind == "pixel" and ly.width and ly.height]
-        except Exception:   # the unsupported modes: test_psd_corpus covers them
-            continue
-        for ly in layers:
-            try:
-                a = ly.numpy()
-            except Exception:
-                continue
-            if a is None or a.ndim != 3 or a.shape[2] != 4 or not ((a[..., 3] < 1).any() and (a[..., 3] >= 1).any()):
-                continue
-            rgba = np.ascontiguousarray((a * 255 + 0.5).astype(np.uint8))
-            key = hash(rgba.tobytes())
-            if key not in seen:
-                seen.add(key)
-                out.append((p.relative_to(CORPUS).as_posix(), ly.name, rgba))
-    return out
-
-
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"PSD corpus not found at {CORPUS} (../shared is absent)")
-def test_cut_out_layers_of_real_files(daemon):
-    """Real layers on transparency (shapes filling their bounds, glows, thin
-    borders, text): the model sees them over a backdrop with a margin of it,
-    and keeps >= 95 % of their opaque area, except the KNOWN ones."""
-    layers, kept = corpus_cutouts(), {}
-    with daemon.client() as c:
-        for f, name, rgba in layers:
-            m = c.matte(rgba, options=MatteOptions(plain_upsample=True)).matte
-            opaque = rgba[..., 3] == 255
-            kept[(f, name)] = float((m[opaque] >= 128).mean())
-            assert not m[rgba[..., 3] == 0].any(), (f, name)
-    bad = {k: v for k, v in kept.items() if v < KEEP and k not in KNOWN}
-    assert len(layers) >= 20 and not bad, f"kept below {KEEP:.0%}: {bad}"
-    print(f"{sum(v >= KEEP for v in kept.values())} of {len(kept)} layers keep >= {KEEP:.0%}")
+# The corpus's cut-out layers (real files) are checked on the masks `layermatte psd --all` writes:
+# tests/test_psd_corpus.py (check_cut_outs, KNOWN_CUTOUTS), so they are matted once, not twice.
 
 
 def test_opaque_layers_are_fed_as_before(photos):
