@@ -39,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 BEGIN, END = "<!-- bench_cut: begin -->", "<!-- bench_cut: end -->"
+PILLOW_PLAIN = "plain, Pillow's default PNG"
 CUTS = {"cut": [], "cut --no-decontaminate": ["--no-decontaminate"]}
 
 
@@ -72,7 +73,7 @@ def encoders():
             return cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), list(params))[1].tobytes()
         return enc
     return {
-        "Pillow level 6 (Pillow's default)": pil(6), "Pillow level 9": pil(9), "Pillow level 3": pil(3),
+        "Pillow level 6 (Pillow's default)": pil(6), "Pillow level 3": pil(3),
         "Pillow level 1": pil(1), "Pillow level 1, Z_RLE (cut's choice)": pil(1, 3),
         "Pillow level 1, Huffman only": pil(1, 2), "Pillow level 0 (stored)": pil(0),
         "OpenCV default": ocv(), "OpenCV level 1, Z_RLE": ocv(cv2.IMWRITE_PNG_COMPRESSION, 1,
@@ -111,12 +112,16 @@ def main() -> None:
         Image.fromarray(flip(img, k)).save(path, compress_level=1)
         return path
 
-    def plain(path: Path, out: Path) -> None:
+    def plain(path: Path, out: Path, pillow_default: bool = False) -> None:
         pixels = imageio.read(path).pixels
         tensor, _ = model_tensor(pixels, rgb8, model.spec)
         m = postprocess(model.session.run(None, {model.input_name: tensor})[0], model)
         up = cv2.resize(m, (pixels.shape[1], pixels.shape[0]), interpolation=cv2.INTER_LINEAR)
-        imageio.write(out, np.dstack([pixels, cv2.convertScaleAbs(up, alpha=255.0)]))
+        rgba = np.dstack([pixels, cv2.convertScaleAbs(up, alpha=255.0)])
+        if pillow_default:   # as a script would write it: Image.save's defaults
+            Image.fromarray(rgba).save(out)
+        else:
+            imageio.write(out, rgba)
 
     daemon = start_daemon(CACHE)
     client = daemon.client()
@@ -143,6 +148,7 @@ def main() -> None:
     contenders = {
         "model": (lambda: None, lambda _: model.session.run(None, {model.input_name: tensor})),
         "plain pipeline": (fresh_file, lambda p: plain(p, tmp / "plain.png")),
+        PILLOW_PLAIN: (fresh_file, lambda p: plain(p, tmp / "plain.png", True)),
         "daemon cut-out": (lambda: flip(img, next(counter)), daemon_cut(False)),
         "daemon cut-out, decontaminated": (lambda: flip(img, next(counter)), daemon_cut(True)),
         **{name: (fresh_file, cut(extra)) for name, extra in CUTS.items()},
@@ -201,7 +207,8 @@ def write(args, times, stage_ms, png, size) -> None:
         f"(CPU), default model isnet-general, skimage's astronaut resized to {s}×{s}, PNG in. "
         f"{args.rounds} rounds, contenders paired round by round (order rotated), medians; ratios "
         "are the median of each round's own ratio. *plain pipeline*: decode, resize, infer, bilinear "
-        "up, PNG encode, in one process with a resident session and the same PNG writer as `cut`. "
+        "up, PNG encode, in one process with a resident session and the same PNG writer as `cut` "
+        "(*plain, Pillow's default PNG*: the same with `Image.save`'s default, zlib level 6). "
         "*cut*: `layermatte cut IN.png OUT.png` as a user runs it (a new process, warm daemon; "
         "decontamination on, the default). *daemon cut-out*: `Client.matte` returning the colours, "
         "without and with decontamination. Each call gets an input the model has not seen.", "",
@@ -210,6 +217,7 @@ def write(args, times, stage_ms, png, size) -> None:
         "| ratio | median over rounds | target |", "|---|---:|---|",
         f"| cut (default) / plain pipeline | {paired('cut', 'plain pipeline'):.2f}× | ≤ 1.3× (issue 21) |",
         f"| cut --no-decontaminate / plain pipeline | {paired('cut --no-decontaminate', 'plain pipeline'):.2f}× | |",
+        f"| cut (default) / plain, Pillow's default PNG | {paired('cut', PILLOW_PLAIN):.2f}× | |",
         f"| cut / cut --no-decontaminate | {paired('cut', 'cut --no-decontaminate'):.2f}× | |",
         f"| daemon cut-out, decontaminated / daemon cut-out | "
         f"{paired('daemon cut-out, decontaminated', 'daemon cut-out'):.2f}× | |",

@@ -242,7 +242,11 @@ def layer_colours(matte: np.ndarray, colour: np.ndarray, fmt, fg: np.ndarray, gu
     h, w = matte.shape
     top = float(np.iinfo(matte.dtype).max)
     fmax = float(np.iinfo(fg.dtype).max)
-    small = cv2.resize(matte, (guide.shape[1], guide.shape[0]), interpolation=cv2.INTER_AREA)
+    gh, gw = guide.shape[:2]
+    if gh > h or gw > w:   # a layer smaller than the model's grid: no finer grid than its own
+        gh, gw = min(gh, h), min(gw, w)
+        guide = cv2.resize(guide, (gw, gh), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(matte, (gw, gh), interpolation=cv2.INTER_AREA)
     small = np.multiply(small, np.float32(1 / top), dtype=np.float32)
     prior = tint_prior(guide, small)
     means = wide_means(guide, small, w)

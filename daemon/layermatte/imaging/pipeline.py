@@ -3,7 +3,8 @@
 decode view → model tensor → inference → guided upsampling + edge controls in
 horizontal strips (bounded memory, all cores) → matte (+ foreground colours).
 In hq quality, matting on the uncertain band (tiles) runs between the two.
-The daemon, the in-process CLI (--local, refine) and the Ray batch all call run().
+Decontaminated colours follow as a stage of their own, from the delivered
+matte (decontaminate.layer_colours). The daemon, the in-process CLI (--local, refine) and the Ray batch all call run().
 """
 from __future__ import annotations
 
