@@ -382,8 +382,11 @@ def test_no_jit_is_left_for_the_first_request():
         "img, gt, _ = testset.make(testset.Case('hair', 256, 192))\n"
         "fmt = formats.lookup(formats.BY_NAME['RGB8'])\n"
         "for q in ('fast', 'hq'):\n"
-        "    r = pipeline.run(img, fmt, MatteOptions(quality=q, decontaminate=True), guide_mask=testset.degrade(gt), threads=2)\n"
+        "    r = pipeline.run(img, fmt, MatteOptions(quality=q, decontaminate=True, return_foreground=True),\n"
+        "                     guide_mask=testset.degrade(gt), threads=2)\n"
         "    assert 0 < int(r.matte.max()) and r.matte.shape == gt.shape\n"
+        "    assert r.foreground is not None and r.foreground.shape[:2] == gt.shape\n"
+        "    assert 'decontaminate' in r.stage_ms, r.stage_ms   # the colours were estimated, not copied\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'pymatting', 'llvmlite')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent, timeout=300)

@@ -638,7 +638,9 @@ def test_refine_mask_hq_quality_reaches_the_daemon(gimp, daemon):
     hq = raw(gimp, r["mask_hq"], np.uint8, px.shape[:2])
     assert_close(hq, daemon_matte(daemon, px, feather=1.0, guide=rough, quality="hq"), TOL8)
     fast = raw(gimp, r["mask"], np.uint8, px.shape[:2])
-    assert (np.abs(hq.astype(int) - fast) > 8).sum() > 50, "hq gave the fast result: the option was lost"
+    # fast is deterministic, so any difference shows the option reached the daemon; on a mask
+    # that is already refined the flatness gate leaves hq only a few levels on the outline
+    assert (hq != fast).sum() > 50, "hq gave the fast result: the option was lost"
 
 
 def test_one_ctrl_z_undoes_each_action_in_the_real_ui(gimp):
