@@ -123,6 +123,21 @@ def with_alpha(rgb: np.ndarray, value: int = 255) -> np.ndarray:
     return np.dstack([rgb, np.full(rgb.shape[:2], value, rgb.dtype)])
 
 
+def soft_stroke(n: int = 40, grey: int = 255) -> np.ndarray:
+    """An n x n RGBA8 layer: one soft brush stroke of a flat light colour on
+    transparency (like the corpus's transparentbg-gimp layer). Shown over the
+    black backdrop its contrast picks, the model finds no subject in it
+    (0 % kept); over grey it keeps all of it (refeed.py)."""
+    import cv2
+    a = np.zeros((n, n), np.float32)
+    cv2.line(a, (int(n * 0.1), int(n * 0.9)), (int(n * 0.9), int(n * 0.15)), 1.0, max(1, int(n * 0.3)))
+    a = np.clip(cv2.GaussianBlur(a, (0, 0), n * 0.06) * 1.6, 0, 1)
+    out = np.zeros((n, n, 4), np.uint8)
+    out[..., :3] = grey
+    out[..., 3] = (a * 255 + 0.5).astype(np.uint8)
+    return out
+
+
 def iou(a: np.ndarray, b: np.ndarray, threshold: int = 128) -> float:
     a, b = a >= threshold, b >= threshold
     return float((a & b).sum() / max((a | b).sum(), 1))

@@ -157,7 +157,7 @@ def test_psd_layer_with_transparency(daemon, cutout, tmp_path):
 
 
 # The corpus's cut-out layers (real files) are checked on the masks `layermatte psd --all` writes:
-# tests/test_psd_corpus.py (check_cut_outs, KNOWN_CUTOUTS), so they are matted once, not twice.
+# tests/test_psd_corpus.py (check_cut_outs, FIRST_VIEW_LOST), so they are matted once, not twice.
 
 
 def test_opaque_layers_are_fed_as_before(photos):

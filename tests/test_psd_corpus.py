@@ -31,13 +31,14 @@ UNSUPPORTED = {"32bit.psd": "32-bit documents are not supported",
 FAST = ["--quality", "fast", "--plain-upsample"]
 
 KEEP = 0.95   # share of a cut-out layer's opaque area its mask must keep (as in test_alpha.py)
-# Corpus cut-out layers that still lose part of their opaque area, and why (measured 2026-12-03);
-# copies of them (same pixels, e.g. "Layer 8 copy") are known too.
-KNOWN_CUTOUTS = {
+# Corpus cut-out layers the model's first view (the layer over the backdrop that contrasts
+# most, 20 % margin) loses (0-35 % kept, measured 2026-12-03), and kept by another view
+# (imaging/refeed.py): they are held to KEEP like every other layer.
+FIRST_VIEW_LOST = {
     ("adjustments/adjustment_nested_composition_1.psd", "Layer 8"):
-        "a soft glow: 12 % opaque, 81 % partly transparent; the model keeps its rim only",
-    ("background-red-opacity-80.psd", "Layer 0"): "a flat blue area filling most of the document: read as background",
-    ("transparentbg-gimp.psd", "Фон"): "a 40x40 white square, too small and plain for the model to call a subject",
+        "a soft glow, 12 % opaque, over white: kept with a 50 % margin",
+    ("background-red-opacity-80.psd", "Layer 0"): "a white rabbit holding a flat banner, over black: kept over grey",
+    ("transparentbg-gimp.psd", "Фон"): "a 40x40 soft white stroke, over black: kept over grey",
 }
 # The runs below that mask layers which already have a mask (every other layer: test_all_layers).
 REPLACE_ALL = {"mask-density-layervectormask.psd"}
@@ -78,14 +79,12 @@ def cut_out(layer) -> np.ndarray | None:
 def check_cut_outs(name: str, src: Path, s: S.Sections, report: dict, replaced: bool = False) -> dict[str, float]:
     """On each masked layer that is a cut-out (the model sees it over a backdrop): the mask
     (decoded from the output's bytes) keeps >= KEEP of the opaque area and nothing on fully
-    clear pixels, but for KNOWN_CUTOUTS. After `--all` every cut-out pixel layer without a
+    clear pixels. After `--all` every cut-out pixel layer without a
     mask (`replaced`: every one) must have been masked. Returns the share kept per layer."""
     from psd_tools import PSDImage
     psd, index, kept = PSDImage.open(src), record_index(src), {}
     labels = {m["layer"] for m in report["masked"]}
     half = 128 if s.depth == 8 else 128 * 257
-    pixels = lambda ly: np.asarray(ly.numpy()).tobytes()  # noqa: E731
-    known = {pixels(ly) for ly in psd.descendants() if (name, ly.name) in KNOWN_CUTOUTS}
     for layer in psd.descendants():
         lab = label_of(layer)
         alpha = cut_out(layer) if layer.kind == "pixel" else None
@@ -98,8 +97,7 @@ def check_cut_outs(name: str, src: Path, s: S.Sections, report: dict, replaced: 
         mask = B.pixel_mask(s, index[lab])[0]
         assert not mask[alpha == 0].any(), (name, lab)
         kept[lab] = float((mask[alpha == 1] >= half).mean())
-        if pixels(layer) not in known:
-            assert kept[lab] >= KEEP, f"{name} {lab!r} keeps {kept[lab]:.0%} of its opaque area"
+        assert kept[lab] >= KEEP, f"{name} {lab!r} keeps {kept[lab]:.0%} of its opaque area"
     return kept
 
 
@@ -182,7 +180,7 @@ def test_replace_masks_on_real_files(daemon, tmp_path, name, layers, kinds):
 def test_every_cut_out_layer_is_checked():
     """check_cut_outs sees every distinct cut-out pixel layer of the corpus (at least 20, as
     test_alpha counted them): a layer without a mask is masked by test_all_layers, one with a
-    mask by the --replace-masks --all runs (REPLACE_ALL); the KNOWN_CUTOUTS are corpus layers."""
+    mask by the --replace-masks --all runs (REPLACE_ALL); the FIRST_VIEW_LOST are corpus layers."""
     from psd_tools import PSDImage
     from layermatte.psd.document import is_background
     seen, found = set(), set()
@@ -196,7 +194,7 @@ def test_every_cut_out_layer_is_checked():
             assert not is_background(layer) and (not layer.has_mask() or name in REPLACE_ALL), (name, layer.name)
             seen.add(hash(np.asarray(layer.numpy()).tobytes()))
             found.add((name, layer.name))
-    assert len(seen) >= 20 and set(KNOWN_CUTOUTS) <= found
+    assert len(seen) >= 20 and set(FIRST_VIEW_LOST) <= found
 
 
 class Ramp:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import soft_stroke
 from layermatte.imaging import imageio
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -113,6 +114,8 @@ def tree(tmp_path, photos) -> Path:
     turn = cv2.getRotationMatrix2D((150, 100), 20, 1.0)
     turn[:, 2] += (60, 60)
     Image.fromarray(cv2.warpAffine(small, turn, (420, 320), flags=cv2.INTER_LINEAR)).save(root / "turned.png")
+    # a cut-out the first view loses (0 % kept over black): the actor looks again (refeed.py)
+    Image.fromarray(soft_stroke(64), "RGBA").save(root / "stroke.png")
     (root / "pets" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00not a png" * 20)
     (root / "notes.txt").write_text("not an image")
     return root
@@ -120,13 +123,15 @@ def tree(tmp_path, photos) -> Path:
 
 def assert_same_outputs(got: Path, want: Path) -> None:
     assert files(got) == files(want) == ["astronaut.png", "cutout.png", "pets/cat.png",
-                                         "pets/deep/coffee16.png", "turned.png"]
+                                         "pets/deep/coffee16.png", "stroke.png", "turned.png"]
     for name in files(want):
         a, b = imageio.read(got / name).pixels, imageio.read(want / name).pixels
         assert a.shape == b.shape and a.dtype == b.dtype, name
         one = 257 if a.dtype == np.uint16 else 1                      # ±1 in 8-bit terms
         assert np.abs(a[..., 3].astype(int) - b[..., 3]).max() <= one, name     # alpha
         assert np.abs(a[..., :3].astype(int) - b[..., :3]).max() <= one, name   # colours
+    stroke = soft_stroke(64)[..., 3]
+    assert (imageio.read(got / "stroke.png").pixels[..., 3][stroke == 255] >= 128).mean() >= 0.95
 
 
 @needs_ray
@@ -140,7 +145,7 @@ def test_ray_batch_equals_local_batch_and_resumes(ray_cluster, daemon, tree, tmp
     p = cli(env, tree, remote, "--ray", ray_cluster)
     assert p.returncode == 3, p.stderr                           # the broken file, listed; rest done
     assert "failed pets/broken.png: " in p.stderr and "not a readable image" in p.stderr, p.stderr
-    assert "batch: 5 done, 0 already done, 1 failed (of 6)" in p.stderr, p.stderr
+    assert "batch: 6 done, 0 already done, 1 failed (of 7)" in p.stderr, p.stderr
     assert "2 nodes" in p.stderr and "CPU actors" in p.stderr, p.stderr
     assert_same_outputs(remote, local)
     assert not [f for f in remote.rglob(".*")], "temporary files left behind"
@@ -149,20 +154,20 @@ def test_ray_batch_equals_local_batch_and_resumes(ray_cluster, daemon, tree, tmp
     stamps = {f: (remote / f).stat().st_mtime_ns for f in files(remote)}
     (remote / "pets" / "cat.png").unlink()
     p = cli(env, tree, remote, "--ray", ray_cluster)
-    assert p.returncode == 3 and "1 done, 4 already done, 1 failed" in p.stderr, p.stderr
-    for f in ("astronaut.png", "cutout.png", "pets/deep/coffee16.png", "turned.png"):
+    assert p.returncode == 3 and "1 done, 5 already done, 1 failed" in p.stderr, p.stderr
+    for f in ("astronaut.png", "cutout.png", "pets/deep/coffee16.png", "stroke.png", "turned.png"):
         assert (remote / f).stat().st_mtime_ns == stamps[f]
     assert_same_outputs(remote, local)
 
     # URL folders go through pyarrow.fs (the s3:// code path, here on file://).
     urls = tmp_path / "urls"
     p = cli(env, f"file://{tree}", f"file://{urls}", "--ray", ray_cluster)
-    assert p.returncode == 3 and "5 done, 0 already done, 1 failed" in p.stderr, p.stderr
+    assert p.returncode == 3 and "6 done, 0 already done, 1 failed" in p.stderr, p.stderr
     assert f"failed pets/broken.png: file://{tree}/pets/broken.png: not a readable image" in p.stderr
     assert_same_outputs(urls, local)
     assert not [f for f in urls.rglob(".*")], "temporary files left behind"
     p = cli(env, f"file://{tree}", f"file://{urls}", "--ray", ray_cluster)
-    assert p.returncode == 3 and "0 done, 5 already done, 1 failed" in p.stderr, p.stderr
+    assert p.returncode == 3 and "0 done, 6 already done, 1 failed" in p.stderr, p.stderr
 
 
 def test_without_ray_says_how_to_get_it(tree, tmp_path):

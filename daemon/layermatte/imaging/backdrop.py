@@ -44,6 +44,7 @@ class Shown(np.ndarray):
     margin), and a picture's frame; a view, no copy."""
     backdrop: tuple[float, float, float] | None = None
     frame: Frame | None = None        # a picture's rectangle (picture_frame): fed upright
+    alpha: np.ndarray | None = None   # the layer's alpha plane where it has a backdrop (refeed.py)
 
 
 def has_transparency(pixels: np.ndarray, fmt: PixelFormat) -> bool:
@@ -117,6 +118,7 @@ def shown(pixels: np.ndarray, fmt: PixelFormat) -> np.ndarray:
     if np.count_nonzero(a < fmt.max_value) >= CUT_OUT_SHARE * a.size:
         out.frame = picture_frame(a, fmt.max_value)
         out.backdrop = rgb if out.frame is None else None
+        out.alpha = a if out.frame is None else None
     return out
 
 
@@ -207,9 +209,9 @@ def to_layer_grid(matte: np.ndarray, grid_map: tuple[float, ...]) -> np.ndarray:
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
 
 
-def inner_box(size: int) -> tuple[int, int]:
+def inner_box(size: int, margin: float = MARGIN) -> tuple[int, int]:
     """(offset, side) of the layer inside the padded size x size model input."""
-    p = int(round(size * MARGIN / (1.0 + 2.0 * MARGIN)))
+    p = int(round(size * margin / (1.0 + 2.0 * margin)))
     return p, size - 2 * p
 
 
@@ -225,11 +227,11 @@ def pad(small: np.ndarray, fmt: PixelFormat, rgb: tuple[float, float, float], si
     return out
 
 
-def unpad(matte: np.ndarray) -> np.ndarray:
+def unpad(matte: np.ndarray, margin: float = MARGIN) -> np.ndarray:
     """The model's matte over the padded input, cropped back to the layer and
     resized to the model's grid (where the guide lies)."""
     s = matte.shape[0]
-    p, side = inner_box(s)
+    p, side = inner_box(s, margin)
     inner = np.ascontiguousarray(matte[p:p + side, p:p + side])
     return cv2.resize(inner, (matte.shape[1], s), interpolation=cv2.INTER_LINEAR)
 

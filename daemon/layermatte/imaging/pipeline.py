@@ -19,7 +19,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from . import backdrop, decontaminate, formats, refine
+from . import backdrop, decontaminate, formats, refeed, refine
 from ..models.catalog import ModelSpec
 from ..models.engine import LoadedModel
 from ..errors import Cancelled, InvalidInput
@@ -77,6 +77,7 @@ class ModelInput:
     fmt: PixelFormat | None = None
     padded: bool = False              # the tensor has a backdrop margin (backdrop.pad)
     frame: tuple[float, ...] | None = None   # the tensor is a picture turned upright (backdrop.Frame.grid_map)
+    view: refeed.CutOutView | None = None    # a padded cut-out, for another look (refeed.py)
 
     def coarse(self, matte: np.ndarray) -> np.ndarray:
         """The model's matte on the guide's grid (the margin cropped off, a picture turned back)."""
@@ -94,6 +95,7 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
         pixels = backdrop.shown(pixels, fmt)
     rgb = getattr(pixels, "backdrop", None) if pad else None
     frame = getattr(pixels, "frame", None) if pad else None
+    pixels_alpha = getattr(pixels, "alpha", None)
     pixels = np.asarray(pixels)
     pre = spec.preprocess
     s = pre.input_size
@@ -109,18 +111,9 @@ def model_input(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
     h.update(f"{spec.id}\0{fmt.name}\0{pixels.shape}\0{small.dtype}\0{rgb}\0{grid}\0".encode())
     h.update(memoryview(np.ascontiguousarray(fed)).cast("B"))
     low = formats.to_float(small, fmt)
-    # (v/max*255 - mean)/std as one multiply-add per plane, written straight
-    # into the NCHW tensor (no HxWx3 temporaries, no transpose copy).
-    planes = [fed[..., min(c, fed.shape[2] - 1)] for c in range(3)]
-    if pre.channel_order == "BGR":
-        planes = planes[::-1]
-    tensor = np.empty((1, 3, s, s), np.float32)
-    unit = 255.0 / (1.0 if fmt.dtype.kind == "f" else fmt.max_value)
-    for c, plane in enumerate(planes):
-        scale = unit / pre.std[c]
-        np.multiply(plane, np.float32(scale), out=tensor[0, c], casting="unsafe")
-        tensor[0, c] -= np.float32(pre.mean[c] / pre.std[c])
-    return ModelInput(tensor, low, h.digest(), small, fmt, rgb is not None, grid)
+    tensor = pre.tensor(fed, 255.0 / (1.0 if fmt.dtype.kind == "f" else fmt.max_value))
+    view = None if rgb is None else refeed.CutOutView(low, refeed.grid_alpha(pixels_alpha, fmt, s), rgb)
+    return ModelInput(tensor, low, h.digest(), small, fmt, rgb is not None, grid, view)
 
 
 def model_tensor(pixels: np.ndarray, fmt: PixelFormat, spec: ModelSpec,
@@ -233,8 +226,12 @@ def run(pixels: np.ndarray, fmt: PixelFormat, opts: MatteOptions, *,
         check()
         with timer("inference"):
             progress("inference", 0.15)
-            coarse = Coarse(prepared.coarse(postprocess(model.run(prepared.tensor, cancel), model)),
-                            prepared.guide)
+            def infer(tensor: np.ndarray) -> np.ndarray:
+                return postprocess(model.run(tensor, cancel), model)
+            matte = prepared.coarse(infer(prepared.tensor))
+            if prepared.view is not None:
+                matte = refeed.second_look(matte, prepared.view, model.spec.preprocess, infer, check)
+            coarse = Coarse(matte, prepared.guide)
     elif guide_mask is not None:
         with timer("preprocess"):
             progress("preprocess", 0.1)

@@ -152,7 +152,7 @@ def _pixel_format(pixels: np.ndarray) -> formats.PixelFormat:
 
 def _read(row: dict, *, src_root, out_root, fmt, options, spec) -> dict:
     t0, job, data = time.perf_counter(), None, b""
-    row = dict(row, tensor=b"", data=b"", error="")
+    row = dict(row, tensor=b"", data=b"", error="", view_shown=b"", view_alpha=b"", view_backdrop=b"")
     try:
         if _is_url(src_root):
             with _fs(src_root)[0].open_input_file(_path(src_root, row["rel"])) as f:
@@ -168,6 +168,9 @@ def _read(row: dict, *, src_root, out_root, fmt, options, spec) -> dict:
                                    layer_alpha=not options.ignore_layer_alpha)
         row.update(tensor=fed.tensor.tobytes(), padded=fed.padded,
                    frame=list(fed.frame) if fed.frame else None, data=data)
+        if fed.view is not None:   # a cut-out: what the actor needs for another look (refeed.py)
+            row.update(view_shown=fed.view.shown.tobytes(), view_alpha=fed.view.alpha.tobytes(),
+                       view_backdrop=np.float64(fed.view.backdrop).tobytes())
     except Exception as e:
         row["error"] = _describe(e, job, src_root)
     row["seconds"] = time.perf_counter() - t0
@@ -192,13 +195,29 @@ class _Infer:
             if not row["error"]:
                 try:
                     tensor = np.frombuffer(row.pop("tensor"), np.float32).reshape(1, 3, s, s)
-                    coarse = pipeline.postprocess(self.model.run(tensor), self.model)
+                    coarse = self._infer(tensor)
+                    if row.get("view_alpha"):
+                        coarse = self._second_look(row, coarse, s)
                 except Exception as e:
                     row["error"] = _describe(e)
-            row.pop("tensor", None)
+            for k in ("tensor", "view_shown", "view_alpha", "view_backdrop"):
+                row.pop(k, None)
             row.update(coarse=coarse.tobytes(), coarse_h=coarse.shape[0], coarse_w=coarse.shape[1],
                        seconds=row["seconds"] + time.perf_counter() - t0)
         return pa.Table.from_pylist(rows)
+
+    def _infer(self, tensor: np.ndarray) -> np.ndarray:
+        return pipeline.postprocess(self.model.run(tensor), self.model)
+
+    def _second_look(self, row: dict, raw: np.ndarray, s: int) -> np.ndarray:
+        """The daemon's rule for cut-outs (refeed.second_look), on the model's
+        grid: the row's matte is then no longer in the padded input's frame."""
+        from ..imaging import backdrop, refeed
+        view = refeed.CutOutView(np.frombuffer(row["view_shown"], np.float32).reshape(s, s, 3),
+                                 np.frombuffer(row["view_alpha"], np.float32).reshape(s, s),
+                                 tuple(float(v) for v in np.frombuffer(row["view_backdrop"], np.float64)))
+        row["padded"] = False
+        return refeed.second_look(backdrop.unpad(raw), view, self.model.spec.preprocess, self._infer)
 
 
 def _finish(row: dict, *, src_root, out_root, fmt, options, input_size) -> dict:

@@ -58,6 +58,22 @@ class Preprocess:
     output: Literal["none", "sigmoid", "minmax"] = "none"
     output_index: int = 0
 
+    def tensor(self, image, unit: float):
+        """The 1x3xSxS float32 input for an SxSxC image (C = 1 or 3, RGB) whose
+        values times `unit` are 0..255: (v*unit - mean)/std as one multiply-add
+        per plane, written straight into the NCHW tensor (no HxWx3 temporaries,
+        no transpose copy). numpy imported here: the catalogue is read without it."""
+        import numpy as np
+        s = self.input_size
+        planes = [image[..., min(c, image.shape[2] - 1)] for c in range(3)]
+        if self.channel_order == "BGR":
+            planes = planes[::-1]
+        out = np.empty((1, 3, s, s), np.float32)
+        for c, plane in enumerate(planes):
+            np.multiply(plane, np.float32(unit / self.std[c]), out=out[0, c], casting="unsafe")
+            out[0, c] -= np.float32(self.mean[c] / self.std[c])
+        return out
+
 
 @dataclass(frozen=True)
 class ModelSpec:
