@@ -19,9 +19,9 @@ What the editors show, found by running them (2026-12):
   treat input and output alike, and on mask.psd to show the daemon's matte as a transparency mask.
 
 Editor time: one GIMP batch and one kritarunner call per root for all files (inputs and outputs).
-Every check runs on the newest editors (forky: GIMP 3.2 and Krita 5.3; krita6: Krita 6); trixie
-(GIMP 3.0) is a smoke run: the real/user-pair output only, no Krita 5.2 (its PSD reader refuses
-these files as 5.3 and 6 do; test_psd_in_editors.py covers plain masks there).
+Every check runs on the newest editors (forky: GIMP 3.2 and Krita 5.3; krita6: Krita 6) and on
+Krita 5.2 (trixie: one kritarunner call, the same checks); GIMP 3.0 (trixie) is a smoke run: the
+real/user-pair output only.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ CASES = {"pair": ("mask-density-layervectormask.psd", ["Layer 1", "Layer 1 copy 
 # root -> (files GIMP opens, files Krita opens); None: that editor is not run there.
 PLAN = {"forky": ([f"{io}-{c}" for c in CASES for io in ("in", "out")],) * 2,
         "krita6": (None, [f"{io}-{c}" for c in CASES for io in ("in", "out")]),
-        "trixie": (["out-pair"], None)}
+        "trixie": (["out-pair"], [f"{io}-{c}" for c in CASES for io in ("in", "out")])}
 
 GIMP_BATCH = r'''
 import json, traceback
@@ -238,7 +238,7 @@ def test_gimp_shows_the_new_matte(outputs, root):
             assert g[tag]["layers"].keys() == g[f"in-{case}"]["layers"].keys()
 
 
-@pytest.mark.parametrize("root", ["forky", "krita6"])
+@pytest.mark.parametrize("root", ["forky", "krita6", "trixie"])
 def test_krita_shows_the_new_matte(outputs, root):
     """Krita opens an output exactly when it opens the input (not the real/user-pair files, see
     the module's docstring); where it does, the replaced layer's transparency mask is the matte
