@@ -123,3 +123,15 @@ def test_pid_alive():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     assert not platforms.pid_alive(p.pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="numpy asks for huge pages on Linux only")
+def test_the_pipeline_keeps_numpy_arrays_on_small_pages():
+    """A fresh process with numpy's huge-page advice turned on: importing the pipeline
+    turns it off (platforms.small_pages_for_arrays; the switch returns its old state)."""
+    code = ("import numpy as np; s = np._core.multiarray._set_madvise_hugepage; "
+            "s(True); from layermatte.imaging import pipeline; print(s(False))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"]

@@ -30,7 +30,6 @@ DECON_POWER = 8       # weight alpha**8: nearly opaque pixels speak for the colo
 DECON_MARGIN = 32     # px of context each side of a strip or tile
 DECON_TILE = 256      # columns per tile: only tiles with partial pixels are computed
 BF_RADII = (90, 30, 6)   # blur fusion's box radii, full-res px: all but the last on the coarse grid
-HQ_RADII = (6, 2) + (1,) * 8   # hq's last steps: small boxes so B follows the background's texture
 PARTIAL = (0.004, 0.996)   # alpha strictly inside these: mixed colours (about 1/255 from either end)
 THIN_STEP, WIDE_STEP = 2, 4   # grid steps (full-res px) of the DECON_SIGMA and DECON_WIDE_SIGMA averages
 ALIGN = WIDE_STEP     # windows start on multiples of this, so neighbouring tiles' grids coincide
@@ -267,18 +266,6 @@ def layer_colours(matte: np.ndarray, colour: np.ndarray, fmt, fg: np.ndarray, gu
 
     for f in [pool.submit(strip, y, min(h, y + strip_rows)) for y in starts]:
         f.result()
-
-
-def foreground_background(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F and B by blur fusion at full resolution over a tile (float RGB 0..1,
-    its matte): hq's colour model, numpy and OpenCV only, so nothing is
-    compiled on a user's first request."""
-    i = np.ascontiguousarray(image, np.float32)
-    a = np.ascontiguousarray(alpha, np.float32)
-    f, b = _fuse(i, a, *_wide(i, a))
-    for r in HQ_RADII:
-        f, b = _fuse(i, a, *_means(i, a, f, b, r))
-    return f, b
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, prior: np.ndarray | None = None,

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInput
+from ..system.platforms import small_pages_for_arrays
+
+# Every process that handles layers as arrays (daemon, CLI, batch, Ray workers) imports this
+# module: their large, short-lived arrays go on small pages (see small_pages_for_arrays).
+small_pages_for_arrays()
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,24 @@ def detached_popen_kwargs() -> dict:
     return {"start_new_session": True, "close_fds": True}
 
 
+def small_pages_for_arrays() -> None:
+    """Large numpy arrays on ordinary 4 KiB pages. On Linux numpy asks for
+    transparent huge pages on every array of 4 MiB or more (madvise), and the
+    first touch of each huge page zeroes 2 MiB in the kernel. The pipeline's
+    strips and windows are short-lived and re-made every request, so that cost
+    more than it saved: on the 2-core VM the decontamination stage after an
+    inference took 0.75-2.0 s at 4096x4096 with huge pages (up to 1.1 s of it
+    kernel time) and 0.50-0.66 s without; inference is unaffected (onnxruntime
+    keeps its own arena). No-op elsewhere, and where numpy has no switch."""
+    if OS != "linux":
+        return
+    import numpy as np
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is not None:
+        setter(False)
+
+
 def clean_child_env(env: dict | None = None) -> dict:
     """The environment for a layermatte child started from inside an editor: the
     editor's Python and bundle settings removed, everything else kept."""

@@ -2,7 +2,7 @@
 standard library, nothing else.
 
 `layermatte pipe` starts once per click in the editors, so what it imports is
-on the user's clock: numpy, OpenCV, onnxruntime, scipy and the pipeline cost
+on the user's clock: numpy, OpenCV, onnxruntime and the pipeline cost
 about a second on 2 cores, and a relay of bytes needs none of them. This module
 is that relay (RawClient) and the connection helpers every client shares:
 where the daemon listens, whether it answers, starting it. client.py (numpy
