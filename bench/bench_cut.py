@@ -215,9 +215,11 @@ def write(args, times, stage_ms, png, size) -> None:
         "| size | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols),
         f"| {s}×{s} | " + " | ".join(f"{med[k]:.2f} s" for k in cols) + " |", "",
         "| ratio | median over rounds | target |", "|---|---:|---|",
-        f"| cut (default) / plain pipeline | {paired('cut', 'plain pipeline'):.2f}× | ≤ 1.3× (issue 21) |",
-        f"| cut --no-decontaminate / plain pipeline | {paired('cut --no-decontaminate', 'plain pipeline'):.2f}× | |",
-        f"| cut (default) / plain, Pillow's default PNG | {paired('cut', PILLOW_PLAIN):.2f}× | |",
+        f"| cut (default) / plain, Pillow's default PNG (the issue's plain pipeline) | "
+        f"{paired('cut', PILLOW_PLAIN):.2f}× | ≤ 1.3× (issue 21) |",
+        f"| cut (default) / plain pipeline with cut's own PNG writer | {paired('cut', 'plain pipeline'):.2f}× | |",
+        f"| cut --no-decontaminate / plain pipeline with cut's own PNG writer | "
+        f"{paired('cut --no-decontaminate', 'plain pipeline'):.2f}× | |",
         f"| cut / cut --no-decontaminate | {paired('cut', 'cut --no-decontaminate'):.2f}× | |",
         f"| daemon cut-out, decontaminated / daemon cut-out | "
         f"{paired('daemon cut-out, decontaminated', 'daemon cut-out'):.2f}× | |",
@@ -227,6 +229,14 @@ def write(args, times, stage_ms, png, size) -> None:
         f"{diff('daemon cut-out, decontaminated', 'daemon cut-out'):.2f} s "
         f"({diff('daemon cut-out, decontaminated', 'daemon cut-out') / mp:.3f} s/MP), medians over rounds. "
         "Target ≤ 0.1 s/MP on 2 cores (issue 21).", "",
+        "Which plain pipeline the 1.3× target is against: issue 21 measured its plain pipeline "
+        "(decode, resize, infer, bilinear up, PNG encode) at 9.3 s beside `cut --no-decontaminate` "
+        "at 8.1 s, when `cut` wrote PNGs with Pillow's defaults: its encode was a standard one, no "
+        "faster than that; and it asks `cut` to choose its PNG encoding for speed. It also allows decontamination 0.1 s/MP, "
+        f"{0.1 * mp:.1f} s at this size: more than 0.3× a plain pipeline that shares cut's faster "
+        f"writer ({0.3 * med['plain pipeline']:.2f} s here), so that row cannot be under 1.3× "
+        "whenever decontamination uses the budget the issue gives it. It is shown as what "
+        "decontamination and the separate process cost beside a writer as fast as ours.", "",
         f"PNG encoding of that cut-out ({s}×{s} RGBA, straight colours kept under alpha 0), "
         f"median of {args.png_rounds} interleaved rounds:", "",
         "| encoder | time | size | vs Pillow's default |", "|---|---:|---:|---:|",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 
-QUALITIES = ("fast", "hq")   # pipeline.QUALITIES (a test keeps them equal); not imported: numpy
+from ..imaging.options import QUALITIES  # noqa: F401 (pipe.py takes it from here)
 
 # The client, pipeline and refine imports are inside the functions: `layermatte
 # pipe` uses add_connection and must not pay for numpy, OpenCV and onnxruntime.
@@ -51,8 +51,7 @@ def add_matte_options(p: argparse.ArgumentParser, decontaminate: str | None = "c
 
 
 def matte_options(args, *, return_foreground: bool, depth16: bool = False) -> MatteOptions:
-    from ..imaging.pipeline import MatteOptions
-    from ..imaging.refine import EdgeOptions
+    from ..imaging.options import EdgeOptions, MatteOptions
     return MatteOptions(edges=EdgeOptions(feather_px=args.feather, shift_px=args.shift,
                                           smooth=args.smooth, contrast=args.contrast),
                         decontaminate=getattr(args, "decontaminate", False) and return_foreground,

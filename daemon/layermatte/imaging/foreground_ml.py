@@ -52,19 +52,19 @@ def planes(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, 0))
 
 
-def _weights(a: np.ndarray) -> tuple[np.ndarray, ...]:
+def _weights(a: np.ndarray, omega: float) -> tuple[np.ndarray, ...]:
     """Smoothness weights to the left, right, upper and lower neighbour (a
     missing neighbour at the border is the pixel itself: no alpha change)."""
     p = np.pad(a, 1, mode="edge")
     c = p[1:-1, 1:-1]
-    return tuple(EPS_R + OMEGA * np.abs(c - n) for n in
+    return tuple(EPS_R + omega * np.abs(c - n) for n in
                  (p[1:-1, :-2], p[1:-1, 2:], p[:-2, 1:-1], p[2:, 1:-1]))
 
 
-def _relax(fb: np.ndarray, image: np.ndarray, a: np.ndarray, iters: int) -> np.ndarray:
+def _relax(fb: np.ndarray, image: np.ndarray, a: np.ndarray, iters: int, omega: float) -> np.ndarray:
     """Jacobi iterations on one level. fb: 6 x H x W (F's channels, then
     B's); image: 3 x H x W; a: H x W."""
-    wl, wr, wu, wd = _weights(a)
+    wl, wr, wu, wd = _weights(a, omega)
     total = wl + wr + wu + wd
     b = 1 - a
     # [a^2 + W, ab; ab, b^2 + W] [F; B] = [a I + S_F; b I + S_B], inverted once per level.
@@ -72,27 +72,45 @@ def _relax(fb: np.ndarray, image: np.ndarray, a: np.ndarray, iters: int) -> np.n
     inv = 1 / (d00 * d11 - d01 * d01)
     cff, cfb, cbb = d11 * inv, -d01 * inv, d00 * inv
     rhs0 = np.concatenate([a * image, b * image])
+    # fb lives inside a buffer one pixel larger each side, whose rim is the
+    # edge replicated afresh each sweep (np.pad per sweep cost more than the
+    # sweep itself on a tile's small levels).
+    h, w = a.shape
+    p = np.empty((fb.shape[0], h + 2, w + 2), np.float32)
+    c = p[:, 1:-1, 1:-1]
+    c[...] = fb
     for _ in range(iters):
-        p = np.pad(fb, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        p[:, 0, 1:-1] = c[:, 0]
+        p[:, -1, 1:-1] = c[:, -1]
+        p[:, :, 0] = p[:, :, 1]
+        p[:, :, -1] = p[:, :, -2]
         s = rhs0 + wl * p[:, 1:-1, :-2]
         s += wr * p[:, 1:-1, 2:]
         s += wu * p[:, :-2, 1:-1]
         s += wd * p[:, 2:, 1:-1]
         sf, sb = s[:3], s[3:]
-        fb[:3] = cff * sf + cfb * sb
-        fb[3:] = cfb * sf + cbb * sb
-        np.clip(fb, 0, 1, out=fb)
-    return fb
+        c[:3] = cff * sf + cfb * sb
+        c[3:] = cfb * sf + cbb * sb
+        np.clip(c, 0, 1, out=c)
+    return np.ascontiguousarray(c)
 
 
-def estimate(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def estimate(image: np.ndarray, alpha: np.ndarray, omega: float = OMEGA,
+             start: np.ndarray | None = None) -> np.ndarray:
     """F and B as planes, 6 x H x W float32 (F's R, G, B, then B's), for a
-    float RGB image (H x W x 3, 0..1) and its matte."""
+    float RGB image (H x W x 3, 0..1) and its matte; omega: smoothness per
+    unit of alpha change (OMEGA is hq's). start: F and B already estimated
+    on a coarser grid of the same area (6 x h x w, e.g. cut from a solve of
+    a larger area): the pyramid then starts from it at that size."""
     h, w = alpha.shape
     img = np.ascontiguousarray(image, np.float32)
     a_full = np.ascontiguousarray(alpha, np.float32)
+    levels = _levels(h, w)
     fb = None
-    for lh, lw in _levels(h, w):
+    if start is not None:
+        levels = [lv for lv in levels if lv[0] * lv[1] >= start.shape[1] * start.shape[2]] or [(h, w)]
+        fb = start
+    for lh, lw in levels:
         if (lh, lw) == (h, w):
             im, a = img, a_full
         else:
@@ -104,7 +122,7 @@ def estimate(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         else:
             fb = np.stack([cv2.resize(p, (lw, lh), interpolation=cv2.INTER_LINEAR).reshape(lh, lw)
                            for p in fb])
-        fb = _relax(fb, im, a, SMALL_ITERS if lh * lw <= SMALL * SMALL else BIG_ITERS)
+        fb = _relax(fb, im, a, SMALL_ITERS if lh * lw <= SMALL * SMALL else BIG_ITERS, omega)
     return fb
 
 

@@ -24,22 +24,11 @@ from ..models.catalog import ModelSpec
 from ..models.engine import LoadedModel
 from ..errors import Cancelled, InvalidInput
 from .formats import PixelFormat
+from .options import QUALITIES, MatteOptions  # noqa: F401 (the pipeline's names)
 
 STRIP_ROWS = 256
 COARSE_MAX = 1024   # a provided mask is refined from at most this size, like the model's output
-QUALITIES = ("fast", "hq")
 Progress = Callable[[str, float], None]
-
-
-@dataclass(frozen=True)
-class MatteOptions:
-    edges: refine.EdgeOptions = field(default_factory=refine.EdgeOptions)
-    decontaminate: bool = False
-    plain_upsample: bool = False
-    ignore_layer_alpha: bool = False
-    depth16: bool = False
-    return_foreground: bool = False
-    quality: str = "fast"             # "fast" (guided upsampling) or "hq" (+ matting on the band)
 
 
 @dataclass(frozen=True)

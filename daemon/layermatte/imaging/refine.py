@@ -17,19 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .options import EdgeOptions  # noqa: F401 (refine.EdgeOptions is its historic name)
 from .hq import HQ_MARGIN, HQ_TAU, HQ_TILE, hq_tile, hq_tiles, hq_weight  # noqa: F401 (the pipeline's names)
-
-
-@dataclass(frozen=True)
-class EdgeOptions:
-    feather_px: float = 0.0
-    shift_px: float = 0.0
-    smooth: float = 0.0
-    contrast: float = 0.0
-
-    def halo(self) -> int:
-        """Rows of context a strip needs so strip seams are invisible."""
-        return int(np.ceil(3 * self.feather_px + abs(self.shift_px) + 12 * self.smooth)) + 2
 
 
 @dataclass

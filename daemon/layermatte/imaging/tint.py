@@ -151,10 +151,10 @@ def _joint_solve(image: np.ndarray, alpha: np.ndarray, ratio: float) -> np.ndarr
     return np.clip(np.moveaxis(x[0], 0, -1), 0, 1).astype(np.float32)
 
 
-def tint_prior(image: np.ndarray, alpha: np.ndarray) -> TintPrior | None:
-    """A smooth foreground colour for the layer's wide see-through areas,
-    from a coarse image and matte (the model's grid); None where there is no
-    such area or its colour is not measurably steadier than the background's."""
+def see_through_area(alpha: np.ndarray) -> np.ndarray:
+    """0..1 on alpha's grid (a coarse matte): how much a pixel lies inside a
+    wide see-through area. 0 on the soft region's outline and over strands,
+    1 from TINT_WIDE grid px into smooth partial alpha."""
     a = np.asarray(alpha, np.float32)
     soft = ((a > 0.02) & (a < 0.98)).astype(np.uint8)
     inside = cv2.distanceTransform(soft, cv2.DIST_L2, 3)
@@ -162,7 +162,16 @@ def tint_prior(image: np.ndarray, alpha: np.ndarray) -> TintPrior | None:
     # strands, whose colours the edge estimate keeps far better.
     rough = cv2.boxFilter(np.abs(a - cv2.GaussianBlur(a, (0, 0), 1.5)), -1, (5, 5))
     lo, hi = TINT_ROUGH
-    area = np.clip(inside / TINT_WIDE, 0, 1) * np.clip((hi - rough) / (hi - lo), 0, 1)
+    return np.clip(inside / TINT_WIDE, 0, 1) * np.clip((hi - rough) / (hi - lo), 0, 1)
+
+
+def tint_prior(image: np.ndarray, alpha: np.ndarray, area: np.ndarray | None = None) -> TintPrior | None:
+    """A smooth foreground colour for the layer's wide see-through areas,
+    from a coarse image and matte (the model's grid); None where there is no
+    such area or its colour is not measurably steadier than the background's.
+    area: see_through_area(alpha) when the caller has it."""
+    a = np.asarray(alpha, np.float32)
+    area = see_through_area(a) if area is None else area
     wide = area >= 1
     if wide.sum() < TINT_MIN_PIXELS:
         return None

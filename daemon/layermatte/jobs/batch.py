@@ -29,7 +29,7 @@ from ..imaging import imageio
 from ..psd import document as psd
 from ..transport.client import Client, DaemonUnavailable, MatteReply, Progress
 from ..errors import Busy, Cancelled, InvalidInput, LayermatteError, ModelNotFound, ModelNotPulled
-from ..imaging.pipeline import MatteOptions
+from ..imaging.options import MatteOptions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 OUTPUT_SUFFIX = {"png": ".png", "webp": ".webp", "tiff": ".tif", "psd": ".psd"}

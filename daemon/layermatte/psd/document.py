@@ -32,7 +32,7 @@ from psd_tools.psd.image_resources import ImageResource
 from . import composite, masks
 from ..system.atomic import atomic_output
 from ..errors import Busy, Cancelled, InvalidInput, LayermatteError, TooLarge
-from ..imaging.pipeline import MatteOptions
+from ..imaging.options import MatteOptions
 
 SUPPORTED_MODES = {ColorMode.RGB: "RGB", ColorMode.GRAYSCALE: "Grayscale"}
 # The daemon's default --max-pixels. Checked before decoding: psd-tools inflates a layer

@@ -14,13 +14,12 @@ import numpy as np
 from ..imaging import formats
 from . import localfile, wire
 from ..errors import Cancelled, DaemonUnavailable, LayermatteError
-from ..imaging.pipeline import MatteOptions
+from ..imaging.options import MatteOptions
 from ..proto.layermatte.v1 import matting_pb2 as pb
 from ..proto.layermatte.v1 import matting_pb2_grpc as pb_grpc
 # One copy of the connection helpers, shared with the pipe program's relay.
 from .rawclient import default_token, ensure_daemon, probe, resolve_address  # noqa: F401
-from .rawclient import status_error as _error
-from .server import GRPC_OPTIONS
+from .rawclient import CHANNEL_OPTIONS, status_error as _error
 
 log = logging.getLogger(__name__)
 IN_CHUNK = 1 << 20
@@ -40,7 +39,7 @@ class Client:
         self.address = address or resolve_address()
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(self.address, options=GRPC_OPTIONS)
+        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.MattingStub(self._channel)
 
     def close(self):

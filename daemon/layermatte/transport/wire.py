@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 from ..imaging import formats
 from ..errors import InvalidInput
-from ..imaging.pipeline import MatteOptions
+from ..imaging.options import MatteOptions
 from ..proto.layermatte.v1 import matting_pb2 as pb
-from ..imaging.refine import EdgeOptions
+from ..imaging.options import EdgeOptions
 
 MAX_REQUEST_ID = 128
 QUALITY = {pb.REFINEMENT_QUALITY_FAST: "fast", pb.REFINEMENT_QUALITY_HQ: "hq"}
