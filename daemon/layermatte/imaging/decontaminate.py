@@ -40,14 +40,14 @@ DECON_MARGIN = 32     # px of context each side of a strip or tile
 # glass 3840x2160 / 6000x4000 / defocus 3840x2160, where blur fusion alone
 # cut 23 / 39 / 66 % and pymatting's whole-image estimate had cut 34 / 44 / 68 %:
 # a tile's own pyramid from 1 px reached too little of a wide body (6000: 43.5 %
-# with 32 px of context, 44.0 % with 64); started from a solve of the whole
-# layer on an ML_GRID grid instead, it reaches all of it: 34.5 / 44.8 / 69.0 %.
+# with the usual 32 px of context, 44.0 % with 64); started from a solve of the
+# whole layer on an ML_GRID grid instead, it reaches all of it with the usual
+# context: 35.2 / 44.8 / 69.0 %.
 # The tile's solve runs ML_STEP times coarser than full resolution (the
 # colours it must tell apart are the texture of what is seen through, not
 # single pixels: step 1, 2, 4 measured the same) and starts ML_START times
 # coarser still (4: 33.9 / 44.7 / 68.1 %). Smoothness per unit of alpha
 # change ML_OMEGA, far below hq's (glass 3840: 33.3 % at 10, 35.3 % at 0.1).
-ML_MARGIN = 64
 ML_OMEGA = 0.1
 ML_GRID = 256
 ML_STEP = 4
@@ -185,12 +185,12 @@ def band_tiles(alpha: np.ndarray, y0: int = 0, y1: int | None = None) -> list[tu
     return out
 
 
-def window(box: tuple[int, int, int, int], shape: tuple[int, ...],
-           m: int = DECON_MARGIN) -> tuple[int, int, int, int]:
-    """The box m px larger each side, clipped to shape, its start on a
-    multiple of ALIGN (so every window's coarse grids line up with the
-    layer's when the array starts on one): what estimate_tile reads."""
+def window(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The box DECON_MARGIN px larger each side, clipped to shape, its start
+    on a multiple of ALIGN (so every window's coarse grids line up with
+    the layer's when the array starts on one): what estimate_tile reads."""
     y0, y1, x0, x1 = box
+    m = DECON_MARGIN
     return (max(0, y0 - m) // ALIGN * ALIGN, min(shape[0], y1 + m),
             max(0, x0 - m) // ALIGN * ALIGN, min(shape[1], x1 + m))
 
@@ -264,10 +264,13 @@ class SeeThrough:
     bg: np.ndarray
 
     def rows(self, full_w: int, full_h: int, y0: int, y1: int, x0: int = 0,
-             x1: int | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        return (resize_rows(self.area, full_w, full_h, y0, y1, x0, x1),
-                (resize_rows(self.fg, full_w, full_h, y0, y1, x0, x1),
-                 resize_rows(self.bg, full_w, full_h, y0, y1, x0, x1)))
+             x1: int | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
+        """(area, (F, B)) for the rows, None where the area has no share."""
+        share = resize_rows(self.area, full_w, full_h, y0, y1, x0, x1)
+        if share.max() <= 0:
+            return None
+        return share, (resize_rows(self.fg, full_w, full_h, y0, y1, x0, x1),
+                       resize_rows(self.bg, full_w, full_h, y0, y1, x0, x1))
 
 
 def see_through(image: np.ndarray, alpha: np.ndarray) -> SeeThrough | None:
@@ -288,36 +291,21 @@ def see_through(image: np.ndarray, alpha: np.ndarray) -> SeeThrough | None:
     return SeeThrough(area, cv2.merge(list(fb[:3])), cv2.merge(list(fb[3:])))
 
 
-def tile_window(box: tuple[int, int, int, int], shape: tuple[int, ...], area: SeeThrough | None,
-                full: tuple[int, int, int]) -> tuple[tuple[int, int, int, int], tuple | None]:
-    """The window estimate_tile reads for a box and SeeThrough.rows for it
-    (None where the area has no share in reach: the tile needs no
-    multi-level estimate). full: as strip_colours's."""
-    w, h, top = full
-    win = window(box, shape)
-    if area is None:
-        return win, None
-    b0, b1, c0, c1 = win
-    if resize_rows(area.area, w, h, top + b0, top + b1, c0, c1).max() <= 0:
-        return win, None
-    win = b0, b1, c0, c1 = window(box, shape, ML_MARGIN)
-    return win, area.rows(w, h, top + b0, top + b1, c0, c1)
-
-
 def strip_colours(alpha: np.ndarray, y0: int, y1: int, read: Callable[[int, int, int, int], np.ndarray],
                   means: WideMeans, prior: TintPrior | None, full: tuple[int, int, int],
                   area: SeeThrough | None = None):
     """Decontaminated colours for rows y0..y1 of `alpha` (a strip with
-    context rows, ML_MARGIN of them where area is given, starting at
-    full-res row full[2] of a full[0] x full[1] layer), tile by tile:
+    context rows, starting at full-res row full[2] of a full[0] x full[1]
+    layer), tile by tile:
     yields ((y0, y1, x0, x1) in alpha's coordinates, float RGB colours of
     that box). read(b0, b1, c0, c1): the layer's float RGB for a window of
     alpha's coordinates, so only the band is converted."""
     w, h, top = full
     for box in band_tiles(alpha, y0, y1):
-        (b0, b1, c0, c1), ar = tile_window(box, alpha.shape, area, full)
+        b0, b1, c0, c1 = window(box, alpha.shape)
         core = (slice(box[0] - b0, box[1] - b0), slice(box[2] - c0, box[3] - c0))
         p = None if prior is None else prior.rows(w, h, top + b0, top + b1, c0, c1)
+        ar = None if area is None else area.rows(w, h, top + b0, top + b1, c0, c1)
         yield box, estimate_tile(read(b0, b1, c0, c1), alpha[b0:b1, c0:c1], core,
                                  means.rows(w, h, top + b0, top + b1, c0, c1), p, ar)
 
@@ -350,11 +338,10 @@ def layer_colours(matte: np.ndarray, colour: np.ndarray, fmt, fg: np.ndarray, gu
     means = wide_means(guide, small, w)
     starts = range(0, h, strip_rows)
     done = [0]
-    margin = DECON_MARGIN if area is None else ML_MARGIN
 
     def strip(y0: int, y1: int) -> None:
         check()
-        a0, a1 = max(0, y0 - margin), min(h, y1 + margin)
+        a0, a1 = max(0, y0 - DECON_MARGIN), min(h, y1 + DECON_MARGIN)
         a = np.multiply(matte[a0:a1], np.float32(1 / top), dtype=np.float32)
 
         def read(b0: int, b1: int, c0: int, c1: int) -> np.ndarray:
@@ -395,7 +382,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, prior: np.ndarray 
     out = image.copy()
     h, w = alpha.shape
     for box in band_tiles(alpha):
-        (b0, b1, c0, c1), ar = tile_window(box, alpha.shape, area, (w, h, 0))
+        b0, b1, c0, c1 = window(box, alpha.shape)
+        ar = None if area is None else area.rows(w, h, b0, b1, c0, c1)
         core = (slice(box[0] - b0, box[1] - b0), slice(box[2] - c0, box[3] - c0))
         out[box[0]:box[1], box[2]:box[3]] = estimate_tile(
             image[b0:b1, c0:c1], alpha[b0:b1, c0:c1], core,
