@@ -141,12 +141,12 @@ def main() -> None:
 def plugin_client(socket_path: Path):
     """The editors' client module, imported as a plug-in would (descriptor set beside it)."""
     import importlib
-    import shutil
-    from layermatte.system.plugin_install import descriptor_file, plugins_source
+    from layermatte.system.plugin_install import FOLDER, _payload
     d = Path(tempfile.mkdtemp(prefix="lite-"))
-    shutil.copy(plugins_source() / "common" / "layermatte_lite.py", d)
-    shutil.copy(descriptor_file(), d)
-    sys.path.insert(0, str(d))
+    for rel, src in _payload("gimp").items():   # the plug-in folder as `install gimp` writes it
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(src if isinstance(src, bytes) else Path(src).read_bytes())
+    sys.path.insert(0, str(d / FOLDER["gimp"]))
     os.environ["LAYERMATTE_SOCKET"] = str(socket_path)
     return importlib.import_module("layermatte_lite")
 
