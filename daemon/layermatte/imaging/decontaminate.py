@@ -29,7 +29,7 @@ import numpy as np
 
 from . import foreground_ml
 from .refine import resize_rows
-from .tint import TintPrior, see_through_area, tint_prior  # noqa: F401  (part of this stage's interface)
+from .tint import ML_OMEGA, SeeThrough, TintPrior, see_through, tint_prior  # noqa: F401  (part of this stage's interface)
 
 DECON_SIGMA = 4.0     # px: reach of the foreground-colour averaging on a thin edge
 DECON_WIDE_SIGMA = 12.0  # px: the same where the soft region is wide (blur, glass)
@@ -41,15 +41,13 @@ DECON_MARGIN = 32     # px of context each side of a strip or tile
 # cut 23 / 39 / 66 % and pymatting's whole-image estimate had cut 34 / 44 / 68 %:
 # a tile's own pyramid from 1 px reached too little of a wide body (6000: 43.5 %
 # with the usual 32 px of context, 44.0 % with 64); started from a solve of the
-# whole layer on an ML_GRID grid instead, it reaches all of it with the usual
+# whole layer on a tint.ML_GRID grid instead, it reaches all of it with the usual
 # context: 35.2 / 44.8 / 69.0 %.
 # The tile's solve runs ML_STEP times coarser than full resolution (the
 # colours it must tell apart are the texture of what is seen through, not
 # single pixels: step 1, 2, 4 measured the same) and starts ML_START times
 # coarser still (4: 33.9 / 44.7 / 68.1 %). Smoothness per unit of alpha
-# change ML_OMEGA, far below hq's (glass 3840: 33.3 % at 10, 35.3 % at 0.1).
-ML_OMEGA = 0.1
-ML_GRID = 256
+# change tint.ML_OMEGA, far below hq's (glass 3840: 33.3 % at 10, 35.3 % at 0.1).
 ML_STEP = 4
 ML_START = 8
 DECON_TILE = 256      # columns per tile: only tiles with partial pixels are computed
@@ -249,46 +247,6 @@ def _ml_foreground(i: np.ndarray, a: np.ndarray, start: tuple[np.ndarray, np.nda
     fb = np.concatenate([foreground_ml.planes(_down(x, ML_STEP * ML_START)) for x in start])
     fb = foreground_ml.estimate(_down(i, ML_STEP), _down(a, ML_STEP), ML_OMEGA, fb)
     return _up(cv2.merge(list(fb[:3])), ML_STEP, h, w)
-
-
-@dataclass(frozen=True)
-class SeeThrough:
-    """tint.see_through_area on the coarse grid, and F and B of a
-    multi-level solve of the whole layer on a grid of at most ML_GRID px
-    (where the tiles' own solves start: a see-through body can be wider
-    than a tile's reach); rows() brings each to full resolution. Made only
-    where some pixel has a share (see_through)."""
-
-    area: np.ndarray    # h x w float32 0..1
-    fg: np.ndarray      # H x W x 3 float32 (the ML_GRID grid)
-    bg: np.ndarray
-
-    def rows(self, full_w: int, full_h: int, y0: int, y1: int, x0: int = 0,
-             x1: int | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
-        """(area, (F, B)) for the rows, None where the area has no share."""
-        share = resize_rows(self.area, full_w, full_h, y0, y1, x0, x1)
-        if share.max() <= 0:
-            return None
-        return share, (resize_rows(self.fg, full_w, full_h, y0, y1, x0, x1),
-                       resize_rows(self.bg, full_w, full_h, y0, y1, x0, x1))
-
-
-def see_through(image: np.ndarray, alpha: np.ndarray) -> SeeThrough | None:
-    """The see-through area of a coarse matte (image: the layer on the same
-    grid, float RGB), None when it has none."""
-    area = see_through_area(alpha)
-    if area.max() <= 0:
-        return None
-    h, w = alpha.shape
-    s = min(1.0, ML_GRID / max(h, w))
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    i = np.ascontiguousarray(image, np.float32)
-    a = np.ascontiguousarray(alpha, np.float32)
-    if s < 1:
-        i = cv2.resize(i, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], 3)
-        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0])
-    fb = foreground_ml.estimate(i, a, ML_OMEGA)
-    return SeeThrough(area, cv2.merge(list(fb[:3])), cv2.merge(list(fb[3:])))
 
 
 def strip_colours(alpha: np.ndarray, y0: int, y1: int, read: Callable[[int, int, int, int], np.ndarray],

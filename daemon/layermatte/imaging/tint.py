@@ -10,6 +10,10 @@ weights in that ratio; decontaminate.estimate_tile lets F from that solve
 replace the edge estimate in the middle of the area: fully once the
 object's colour varies 4x less than the background's, not at all when it
 varies as much or more.
+
+Where those areas are (see_through_area) and a multi-level F and B of the
+whole layer on a coarse grid (see_through, SeeThrough) are measured here
+too: decontamination's see-through tiles start their own estimate from it.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import foreground_ml
 from .refine import resize_rows
 
 TINT_GRID = 160       # long side of the joint solve's grid
@@ -30,6 +35,8 @@ TINT_LAMBDA = 0.01    # smoothness weight of B against the data term (F gets rat
 TINT_MIN_PAIRS = 32   # pixel pairs each variance needs
 TINT_RTOL, TINT_MAXITER = 1e-6, 3000   # the joint solve's conjugate gradients
 TINT_LEVELS = 1       # half-size grids solved first, each starting the next one's iterations
+ML_GRID = 256     # long side of the layer-wide multi-level solve (SeeThrough)
+ML_OMEGA = 0.1    # its smoothness per unit of alpha change (decontaminate.py says why)
 _LAPLACE = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float64)
 _CROSS = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], np.float64)
 
@@ -202,3 +209,43 @@ def tint_prior(image: np.ndarray, alpha: np.ndarray, area: np.ndarray | None = N
     # better there), full TINT_WIDE px into smooth alpha; nothing outside the solve.
     field[y0:y1, x0:x1, 3] = area[y0:y1, x0:x1] * weight
     return TintPrior(field)
+
+
+@dataclass(frozen=True)
+class SeeThrough:
+    """see_through_area on the coarse grid, and F and B of a
+    multi-level solve of the whole layer on a grid of at most ML_GRID px
+    (where the tiles' own solves start: a see-through body can be wider
+    than a tile's reach); rows() brings each to full resolution. Made only
+    where some pixel has a share (see_through)."""
+
+    area: np.ndarray    # h x w float32 0..1
+    fg: np.ndarray      # H x W x 3 float32 (the ML_GRID grid)
+    bg: np.ndarray
+
+    def rows(self, full_w: int, full_h: int, y0: int, y1: int, x0: int = 0,
+             x1: int | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
+        """(area, (F, B)) for the rows, None where the area has no share."""
+        share = resize_rows(self.area, full_w, full_h, y0, y1, x0, x1)
+        if share.max() <= 0:
+            return None
+        return share, (resize_rows(self.fg, full_w, full_h, y0, y1, x0, x1),
+                       resize_rows(self.bg, full_w, full_h, y0, y1, x0, x1))
+
+
+def see_through(image: np.ndarray, alpha: np.ndarray) -> SeeThrough | None:
+    """The see-through area of a coarse matte (image: the layer on the same
+    grid, float RGB), None when it has none."""
+    area = see_through_area(alpha)
+    if area.max() <= 0:
+        return None
+    h, w = alpha.shape
+    s = min(1.0, ML_GRID / max(h, w))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    i = np.ascontiguousarray(image, np.float32)
+    a = np.ascontiguousarray(alpha, np.float32)
+    if s < 1:
+        i = cv2.resize(i, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], 3)
+        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0])
+    fb = foreground_ml.estimate(i, a, ML_OMEGA)
+    return SeeThrough(area, cv2.merge(list(fb[:3])), cv2.merge(list(fb[3:])))
