@@ -275,8 +275,9 @@ def layer_colours(matte: np.ndarray, colour: np.ndarray, fmt, fg: np.ndarray, gu
     holding the pixels' own colours) gets estimated colours on the partial
     band, strip by strip on the pool. matte: as delivered (8/16-bit);
     colour: the layer's colour view as it shows (formats.split); guide: the
-    same on the coarse grid, float RGB. The tint prior and the wide means are
-    taken from the delivered matte brought to the guide's grid, so colours
+    same on the coarse grid, float RGB. The tint prior, the see-through area
+    with its layer-wide estimate, and the wide means are taken from the
+    delivered matte brought to the guide's grid, so colours
     are estimated for the alpha the user gets (edge controls, layer alpha),
     and only the band's windows are converted to float. strip_rows must be a
     multiple of ALIGN (the windows' grids then line up across strips)."""
