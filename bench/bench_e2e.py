@@ -141,11 +141,9 @@ def main() -> None:
 def plugin_client(socket_path: Path):
     """The editors' client module, imported as a plug-in would (descriptor set beside it)."""
     import importlib
-    from layermatte.system.plugin_install import FOLDER, _payload
+    from layermatte.system.plugin_install import FOLDER, dest_location, install
     d = Path(tempfile.mkdtemp(prefix="lite-"))
-    for rel, src in _payload("gimp").items():   # the plug-in folder as `install gimp` writes it
-        (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        (d / rel).write_bytes(src if isinstance(src, bytes) else Path(src).read_bytes())
+    install("gimp", dest_location("gimp", d))   # as `layermatte install gimp --dest` writes it
     sys.path.insert(0, str(d / FOLDER["gimp"]))
     os.environ["LAYERMATTE_SOCKET"] = str(socket_path)
     return importlib.import_module("layermatte_lite")

@@ -29,7 +29,8 @@ import numpy as np
 
 from . import foreground_ml
 from .refine import resize_rows
-from .tint import ML_OMEGA, SeeThrough, TintPrior, see_through, tint_prior  # noqa: F401  (part of this stage's interface)
+from .tint import (ML_OMEGA, SeeThrough, TintPrior, see_through, see_through_area,  # noqa: F401
+                   tint_prior)  # (part of this stage's interface)
 
 DECON_SIGMA = 4.0     # px: reach of the foreground-colour averaging on a thin edge
 DECON_WIDE_SIGMA = 12.0  # px: the same where the soft region is wide (blur, glass)
@@ -292,8 +293,9 @@ def layer_colours(matte: np.ndarray, colour: np.ndarray, fmt, fg: np.ndarray, gu
         guide = cv2.resize(guide, (gw, gh), interpolation=cv2.INTER_AREA)
     small = cv2.resize(matte, (gw, gh), interpolation=cv2.INTER_AREA)
     small = np.multiply(small, np.float32(1 / top), dtype=np.float32)
-    area = see_through(guide, small)
-    prior = tint_prior(guide, small, None if area is None else area.area)
+    share = see_through_area(small)   # one measurement for the estimate and the prior
+    area = see_through(guide, small, share)
+    prior = tint_prior(guide, small, share)
     means = wide_means(guide, small, w)
     starts = range(0, h, strip_rows)
     done = [0]
@@ -360,7 +362,8 @@ def decontaminate(image: np.ndarray, alpha: np.ndarray, grid: int = 1024) -> np.
     size = (max(1, round(w * s)), max(1, round(h * s)))
     small = (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
              cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)) if s < 1 else (image, alpha)
-    area = see_through(*small)
-    prior = tint_prior(*small, None if area is None else area.area)
+    share = see_through_area(small[1])
+    area = see_through(*small, share)
+    prior = tint_prior(*small, share)
     means = wide_means(*small, w).rows(w, h, 0, h)
     return estimate_foreground(image, alpha, None if prior is None else prior.rows(w, h, 0, h), means, area)

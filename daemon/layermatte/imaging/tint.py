@@ -233,10 +233,11 @@ class SeeThrough:
                        resize_rows(self.bg, full_w, full_h, y0, y1, x0, x1))
 
 
-def see_through(image: np.ndarray, alpha: np.ndarray) -> SeeThrough | None:
+def see_through(image: np.ndarray, alpha: np.ndarray, area: np.ndarray | None = None) -> SeeThrough | None:
     """The see-through area of a coarse matte (image: the layer on the same
-    grid, float RGB), None when it has none."""
-    area = see_through_area(alpha)
+    grid, float RGB), None when it has none. area: see_through_area(alpha)
+    when the caller has it."""
+    area = see_through_area(alpha) if area is None else area
     if area.max() <= 0:
         return None
     h, w = alpha.shape
